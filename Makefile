@@ -1,0 +1,70 @@
+# waolb build, test and demo. Run as root on Debian: `make test` installs everything it needs.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+APT_PACKAGES := nftables libnftables1 python3-nftables iproute2 python3-venv procps
+STAMP := $(VENV)/.stamps
+NATIVE_SOURCES := $(shell find rust/src -name '*.rs') rust/Cargo.toml Cargo.toml pyproject.toml
+
+.PHONY: test deps venv native lint rust-test py-test bench demo clean
+
+# Debian packages: installed only when one is missing, so repeated runs stay fast.
+$(STAMP)/apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@command -v cargo >/dev/null || { echo "installing Rust from Debian"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cargo rustc; }
+	@mkdir -p $(STAMP) && touch $@
+
+deps: $(STAMP)/apt
+
+# python-nftables ships only as a Debian package; link it into the virtualenv.
+$(STAMP)/venv: $(STAMP)/apt pyproject.toml
+	@[ -x $(VPY) ] || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q 'maturin>=1.7,<2'
+	ln -sfn /usr/lib/python3/dist-packages/nftables \
+	  "$$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nftables"
+	@touch $@
+
+venv: $(STAMP)/venv
+
+$(STAMP)/native: $(STAMP)/venv $(NATIVE_SOURCES)
+	VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$$PATH \
+	  $(VENV)/bin/maturin develop -q --release --extras dev
+	@touch $@
+
+native: $(STAMP)/native
+
+rust-test: $(STAMP)/apt
+	cargo test -q --manifest-path rust/Cargo.toml
+	cargo clippy -q --manifest-path rust/Cargo.toml --all-targets -- -D warnings
+	cargo clippy -q --manifest-path rust/Cargo.toml --all-targets --features python -- -D warnings
+
+lint: $(STAMP)/native
+	$(VENV)/bin/ruff check python tests bench
+	$(VENV)/bin/ruff format --check python tests bench
+	$(VENV)/bin/mypy
+
+py-test: $(STAMP)/native
+	$(VENV)/bin/python -m pytest tests
+
+test: rust-test lint py-test
+
+bench: $(STAMP)/native
+	$(VENV)/bin/python -m pytest bench --benchmark-only \
+	  --benchmark-json=bench/results/latest.json -p no:cacheprovider
+	$(VENV)/bin/python bench/summarize.py bench/results/latest.json bench/results/summary.json
+
+demo: $(STAMP)/native
+	$(VENV)/bin/python -m waolb.demo
+
+clean:
+	rm -rf $(VENV) target

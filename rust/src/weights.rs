@@ -1,0 +1,1 @@
+//! Placeholder: being written (WAO scores and numgen layout).
