@@ -9,12 +9,24 @@ def wao_scores(delta_watts: Sequence[float] | memoryview, offsets: Sequence[int]
     """Upstream WAO-LB scores for groups of endpoints.
 
     ``delta_watts`` is flat; group ``g`` spans ``delta_watts[offsets[g]:offsets[g+1]]`` (one group
-    per service). Returns one score in [0, 100] per endpoint; 0 means "leave out". A group in which
-    nothing scores above 0 gets all-1 scores (equal weights, kube-proxy's fallback).
+    per service), so ``offsets`` starts at 0, never decreases and ends at ``len(delta_watts)``.
+    Float64 buffers (``array('d')``, memoryview, numpy) are read in one copy, other sequences more
+    slowly; ``offsets`` may be a 32- or 64-bit integer buffer or any sequence of ints.
+
+    Returns one score in [0, 100] per endpoint; 0 means "leave out". As upstream: a delta is cut
+    to whole watts (toward zero), a negative one counts as 0 W, 1 W is added, and
+    ``score = round(100 * (min / watts))`` with halves rounded up. A NaN or infinite delta scores 0
+    and takes no part in the minimum. A group in which nothing scores above 0 gets all-1 scores
+    (equal weights, kube-proxy's fallback). Raises ValueError if ``offsets`` does not fit.
     """
 
 def numgen_layout(weights: Sequence[int]) -> tuple[int, list[tuple[int, int] | None]]:
-    """The numgen range layout: (modulus, per-endpoint inclusive range or None for weight 0)."""
+    """The numgen range layout: (modulus, per-endpoint inclusive range or None for weight 0).
+
+    In order, each endpoint with a weight above 0 owns the next ``weight`` values ``(a, b)`` of
+    ``numgen random mod modulus``, where ``modulus`` is the total weight. Raises ValueError for a
+    weight outside [0, 2**32 - 1], a total above 2**32 - 1, or no weight above 0.
+    """
 
 # ---- dataplane (rust/src/dataplane.rs) ---------------------------------------------------
 
@@ -64,5 +76,7 @@ class Dataplane:
         """Full sync: the tables' contents become exactly ``services``, in one transaction."""
     def apply(self, upsert: Sequence[ServicePort], remove: Sequence[ServicePort]) -> SyncStats:
         """Partial sync: add or change ``upsert``, delete ``remove``; nothing else is touched."""
-    def delete_tables(self) -> bool:
-        """Delete both tables (``--cleanup``); True if anything was deleted."""
+    @property
+    def table(self) -> str: ...
+    def delete_tables(self) -> None:
+        """Delete both tables if they exist (``--cleanup``); the next sync must be full."""

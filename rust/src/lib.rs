@@ -8,6 +8,10 @@
 //!
 //! The Python binding (`waolb._native`) lives in `python.rs` behind the `python` feature.
 
+pub mod dataplane;
+pub mod netlink;
+pub mod nft;
+pub mod ruleset;
 pub mod weights;
 
 #[cfg(feature = "python")]

@@ -3,6 +3,7 @@ use pyo3::prelude::*;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let _ = m;
+    crate::weights::py::register(m)?;
+    crate::dataplane::py::register(m)?;
     Ok(())
 }
