@@ -1,0 +1,27 @@
+"""Talking to the Kubernetes API: client configuration and list+watch reflectors."""
+
+from waolb.kube.client import KubeConfigError, build_api_client, load_configuration
+from waolb.kube.reflector import (
+    ENDPOINT_SLICES,
+    NODES,
+    SERVICES,
+    Backoff,
+    Reflector,
+    Resource,
+    RestartCallback,
+    WatchHandler,
+)
+
+__all__ = [
+    "ENDPOINT_SLICES",
+    "NODES",
+    "SERVICES",
+    "Backoff",
+    "KubeConfigError",
+    "Reflector",
+    "Resource",
+    "RestartCallback",
+    "WatchHandler",
+    "build_api_client",
+    "load_configuration",
+]

@@ -1,0 +1,434 @@
+"""List and watch one resource type and feed a handler plain dicts (client-go calls this a
+reflector).
+
+The reflector LISTs (paged, consistent), hands the snapshot to ``handler.replace``, then WATCHes
+from the list's resourceVersion and hands every change to ``upsert``/``delete``. A watch that ends
+or breaks is resumed from the last resourceVersion seen (bookmarks included), so nothing is lost
+and nothing is listed again; only 410 Gone, a protocol error or a failing handler cost a relist.
+Failures back off exponentially with jitter, so an unreachable API server sees a trickle of
+requests, not a busy loop.
+
+Responses are decoded straight from the raw HTTP body with orjson: the Kubernetes client's model
+objects cost far more than the proxy can afford for tens of thousands of EndpointSlices (see
+bench/test_bench_decode.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+import structlog
+import urllib3
+from kubernetes.client import ApiClient
+from kubernetes.client.exceptions import ApiException
+
+logger = structlog.get_logger(__name__)
+
+JsonObject = dict[str, Any]
+RestartCallback = Callable[[str, str], None]
+
+# Why a reflector restarted its watch, as passed to on_restart and logged.
+GONE = "gone"  # 410: the resourceVersion is no longer served; relisted
+CLOSED = "closed"  # the server ended the watch (its timeout); resumed
+DROPPED = "dropped"  # the watch connection broke mid-stream; resumed
+ERROR = "error"  # a request failed, or the server sent an ERROR event or garbage
+HANDLER_ERROR = "handler_error"  # the handler raised; relisted so it can start over
+
+# A watch open this long is healthy even without events: the next restart needs no backoff.
+_HEALTHY_WATCH_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A resource type to list and watch across all namespaces; ``group`` is "" for core."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def collection_path(self) -> str:
+        prefix = f"/apis/{self.group}" if self.group else "/api"
+        return f"{prefix}/{self.version}/{self.plural}"
+
+
+SERVICES = Resource("", "v1", "services", "Service")
+ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
+NODES = Resource("", "v1", "nodes", "Node")
+
+
+class WatchHandler(Protocol):
+    """Receives a resource type's state; called from the reflector's thread only."""
+
+    def replace(self, kind: str, objects: list[JsonObject], resource_version: str) -> None:
+        """The complete current set after a (re)list: anything not in it is gone."""
+
+    def upsert(self, kind: str, obj: JsonObject) -> None:
+        """An object was added or changed."""
+
+    def delete(self, kind: str, obj: JsonObject) -> None:
+        """An object was deleted (``obj`` is its last state)."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff: ``initial`` doubling (``factor``) up to ``cap`` seconds, each delay
+    shortened at random by up to ``jitter`` of itself so that many clients spread out."""
+
+    initial: float = 0.8
+    cap: float = 30.0
+    factor: float = 2.0
+    jitter: float = 0.5
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """The wait before retry number ``attempt`` (0 for the first) of a run of failures."""
+        # The exponent is clamped only so that long outages cannot overflow the float.
+        full = min(self.cap, self.initial * self.factor ** min(attempt, 64))
+        return full * (1.0 - self.jitter * rng.random())
+
+
+class _Restart(Exception):
+    """Ends the current list or watch; the run loop decides how soon to try again."""
+
+    def __init__(self, reason: str, detail: str, *, relist: bool = False) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.relist = relist
+
+
+class Reflector(threading.Thread):
+    """A daemon thread that keeps ``handler`` in step with one resource type.
+
+    ``label_selector`` and ``field_selector`` are applied by the API server. ``watch_timeout``
+    is the least timeoutSeconds a watch asks for (each asks for a random value up to twice that,
+    so that watches of many proxies do not restart together). ``request_timeout`` bounds a list
+    and how long a watch may stay silent past its own timeout. Call ``stop`` to end the thread.
+    """
+
+    def __init__(
+        self,
+        api_client: ApiClient,
+        resource: Resource,
+        handler: WatchHandler,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        on_restart: RestartCallback | None = None,
+        backoff: Backoff | None = None,
+        watch_timeout: float = 300.0,
+        request_timeout: float = 60.0,
+        connect_timeout: float = 10.0,
+        page_size: int = 500,
+    ) -> None:
+        super().__init__(name=f"reflector-{resource.kind}", daemon=True)
+        self.api_client = api_client
+        self.resource = resource
+        self.handler = handler
+        self.label_selector = label_selector
+        self.field_selector = field_selector
+        self.on_restart = on_restart
+        self.backoff = backoff or Backoff()
+        self.watch_timeout = watch_timeout
+        self.request_timeout = request_timeout
+        self.connect_timeout = connect_timeout
+        self.page_size = page_size
+        self.synced = threading.Event()
+        """Set once the first list has been handed to the handler."""
+        self._stopping = threading.Event()
+        self._resource_version: str | None = None
+        self._rng = random.Random()
+        self._response_lock = threading.Lock()
+        self._open_response: urllib3.BaseHTTPResponse | None = None
+        # A routine restart (closed or dropped stream, 410) right after a healthy watch is
+        # retried at once; every other one backs off, longer with each in a row.
+        self._watch_was_healthy = False
+        self._backoffs_in_a_row = 0
+        self._log = logger.bind(kind=resource.kind)
+
+    @property
+    def has_synced(self) -> bool:
+        return self.synced.is_set()
+
+    @property
+    def resource_version(self) -> str | None:
+        """The last resourceVersion seen, from a list, an event or a bookmark."""
+        return self._resource_version
+
+    def wait_for_sync(self, timeout: float | None = None) -> bool:
+        return self.synced.wait(timeout)
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Stop the thread, interrupting a watch it is blocked in, and wait for it to end."""
+        self._stopping.set()
+        # Under the lock: once the reflector has let go of the response, its connection may
+        # already serve another request from the shared pool.
+        with self._response_lock:
+            if self._open_response is not None:
+                _interrupt(self._open_response)
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout)
+
+    def run(self) -> None:
+        relist = True
+        while not self._stopping.is_set():
+            try:
+                if relist:
+                    self._list_and_replace()
+                    relist = False
+                self._watch()
+            except _Restart as restart:
+                if self._stopping.is_set():
+                    break
+                relist = relist or restart.relist
+                self._restart(restart)
+            except Exception as error:
+                # A bug must not end the thread silently and freeze the proxy's view of the
+                # cluster: log it, and start over from a fresh list after a backoff.
+                self._log.exception("unexpected failure")
+                relist = True
+                self._restart(_Restart(ERROR, f"unexpected {error!r}", relist=True))
+
+    def _restart(self, restart: _Restart) -> None:
+        if restart.reason in (GONE, CLOSED, DROPPED) and self._watch_was_healthy:
+            delay = 0.0
+        else:
+            delay = self.backoff.delay(self._backoffs_in_a_row, self._rng)
+            self._backoffs_in_a_row += 1
+        self._watch_was_healthy = False
+        log = {CLOSED: self._log.debug, ERROR: self._log.warning}.get(
+            restart.reason, self._log.info
+        )
+        log(
+            "restarting list and watch",
+            reason=restart.reason,
+            detail=restart.detail,
+            resource_version=self._resource_version,
+            relist=restart.relist,
+            delay=round(delay, 3),
+        )
+        if self.on_restart is not None:
+            try:
+                self.on_restart(self.resource.kind, restart.reason)
+            except Exception:
+                self._log.exception("on_restart callback failed")
+        self._stopping.wait(delay)
+
+    # Listing.
+
+    def _list_and_replace(self) -> None:
+        items: list[JsonObject] = []
+        continue_token: str | None = None
+        while True:
+            query = [*self._selector_query(), ("limit", str(self.page_size))]
+            if continue_token:
+                query.append(("continue", continue_token))
+            with self._get(query, read_timeout=self.request_timeout) as response:
+                body = _read_body(response)
+            page = _decoded(body, "list")
+            try:
+                items.extend(page["items"] or ())
+                metadata = page["metadata"]
+                continue_token = metadata.get("continue")
+                resource_version = str(metadata["resourceVersion"])
+            except (KeyError, TypeError, AttributeError) as error:
+                raise _Restart(ERROR, f"malformed list: {error!r}") from None
+            if not continue_token:
+                break
+        # Built-in types omit apiVersion and kind on list items; give handlers uniform objects.
+        for item in items:
+            item.setdefault("apiVersion", self.resource.api_version)
+            item.setdefault("kind", self.resource.kind)
+        self._call_handler(self.handler.replace, self.resource.kind, items, resource_version)
+        self._resource_version = resource_version
+        if not self.synced.is_set():
+            self._log.info("synced", objects=len(items), resource_version=resource_version)
+            self.synced.set()
+        else:
+            self._log.info("relisted", objects=len(items), resource_version=resource_version)
+
+    # Watching.
+
+    def _watch(self) -> None:
+        assert self._resource_version is not None
+        timeout_seconds = int(self.watch_timeout * (1.0 + self._rng.random()))
+        query = [
+            *self._selector_query(),
+            ("watch", "true"),
+            ("resourceVersion", self._resource_version),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(max(timeout_seconds, 1))),
+        ]
+        read_timeout = timeout_seconds + self.request_timeout
+        with self._get(query, read_timeout=read_timeout) as response:
+            opened = time.monotonic()
+            try:
+                for line in _lines(response):
+                    self._apply(_decoded(line, "watch event"))
+            except (urllib3.exceptions.HTTPError, OSError) as error:
+                self._note_watch_lifetime(opened)
+                raise _Restart(DROPPED, f"watch stream broke: {error!r}") from None
+        self._note_watch_lifetime(opened)
+        raise _Restart(CLOSED, "the server ended the watch")
+
+    def _note_watch_lifetime(self, opened: float) -> None:
+        if time.monotonic() - opened >= _HEALTHY_WATCH_SECONDS:
+            self._watch_was_healthy = True
+
+    def _apply(self, event: JsonObject) -> None:
+        try:
+            event_type, obj = event["type"], event["object"]
+            if event_type == "ERROR":
+                code, message = obj.get("code"), obj.get("message")
+                if code == 410:
+                    raise _Restart(GONE, f"watch expired: {message}", relist=True)
+                raise _Restart(ERROR, f"watch error {code}: {message}", relist=True)
+            resource_version = str(obj["metadata"]["resourceVersion"])
+        except (KeyError, TypeError, AttributeError) as error:
+            raise _Restart(ERROR, f"malformed watch event: {error!r}", relist=True) from None
+        if event_type in ("ADDED", "MODIFIED"):
+            self._call_handler(self.handler.upsert, self.resource.kind, obj)
+        elif event_type == "DELETED":
+            self._call_handler(self.handler.delete, self.resource.kind, obj)
+        elif event_type != "BOOKMARK":
+            raise _Restart(ERROR, f"unknown watch event type {event_type!r}", relist=True)
+        self._resource_version = resource_version
+        self._watch_was_healthy = True
+        self._backoffs_in_a_row = 0
+
+    # Plumbing.
+
+    def _call_handler(self, method: Callable[..., None], *args: Any) -> None:
+        try:
+            method(*args)
+        except Exception as error:
+            self._log.exception("handler failed", method=method.__name__)
+            raise _Restart(
+                HANDLER_ERROR, f"{method.__name__} raised {error!r}", relist=True
+            ) from None
+
+    def _selector_query(self) -> list[tuple[str, str]]:
+        query = []
+        if self.label_selector:
+            query.append(("labelSelector", self.label_selector))
+        if self.field_selector:
+            query.append(("fieldSelector", self.field_selector))
+        return query
+
+    def _get(self, query: list[tuple[str, str]], read_timeout: float) -> _OpenResponse:
+        """GET the collection; a non-200 answer or a transport failure raises _Restart."""
+        method, url, headers, _, _ = self.api_client.param_serialize(
+            method="GET",
+            resource_path=self.resource.collection_path,
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response: urllib3.BaseHTTPResponse = self.api_client.call_api(
+                method,
+                url,
+                header_params=headers,
+                _request_timeout=(self.connect_timeout, read_timeout),
+            ).response
+            if response.status != 200:
+                _raise_for_status(response)
+        except (urllib3.exceptions.HTTPError, OSError, ApiException) as error:
+            raise _Restart(ERROR, f"request failed: {error!r}") from None
+        return _OpenResponse(self, response)
+
+    def _track(self, response: urllib3.BaseHTTPResponse | None) -> None:
+        with self._response_lock:
+            self._open_response = response
+            # stop() may have run between the request and now: it could not interrupt us then.
+            if response is not None and self._stopping.is_set():
+                _interrupt(response)
+
+
+class _OpenResponse:
+    """A response the reflector reads from; stop() can interrupt it while it is open."""
+
+    def __init__(self, reflector: Reflector, response: urllib3.BaseHTTPResponse) -> None:
+        self._reflector = reflector
+        self._response = response
+
+    def __enter__(self) -> urllib3.BaseHTTPResponse:
+        self._reflector._track(self._response)
+        return self._response
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self._reflector._track(None)
+        if exc_type is None:
+            self._response.release_conn()  # read to the end: the connection can be reused
+        else:
+            self._response.close()
+
+
+def _read_body(response: urllib3.BaseHTTPResponse) -> bytes:
+    try:
+        return response.data
+    except (urllib3.exceptions.HTTPError, OSError) as error:
+        raise _Restart(ERROR, f"reading the response failed: {error!r}") from None
+
+
+def _raise_for_status(response: urllib3.BaseHTTPResponse) -> None:
+    body = response.data
+    response.release_conn()
+    try:
+        status = orjson.loads(body)
+        reason, message = status.get("reason"), status.get("message")
+    except (orjson.JSONDecodeError, AttributeError):
+        reason, message = None, body[:200].decode(errors="replace")
+    detail = f"HTTP {response.status} {reason}: {message}"
+    if response.status == 410:
+        raise _Restart(GONE, detail, relist=True)
+    raise _Restart(ERROR, detail)
+
+
+def _decoded(data: bytes, what: str) -> JsonObject:
+    try:
+        decoded = orjson.loads(data)
+    except orjson.JSONDecodeError as error:
+        raise _Restart(ERROR, f"undecodable {what}: {error}", relist=True) from None
+    if not isinstance(decoded, dict):
+        raise _Restart(ERROR, f"{what} is not a JSON object", relist=True)
+    return decoded
+
+
+def _lines(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+    """The non-empty lines of a streamed body, each as soon as its newline arrives.
+
+    A large object may arrive in many chunks: only each new chunk is searched for the newline,
+    so the cost stays linear in the line's length.
+    """
+    pending = bytearray()
+    for chunk in response.stream(amt=None):
+        start = 0
+        while (newline := chunk.find(b"\n", start)) != -1:
+            pending += chunk[start:newline]
+            if pending.strip():
+                yield bytes(pending)
+            pending.clear()
+            start = newline + 1
+        pending += chunk[start:]
+    if pending.strip():
+        yield bytes(pending)
+
+
+def _interrupt(response: urllib3.BaseHTTPResponse) -> None:
+    # Shutting the socket down wakes up a read blocked in another thread; close() would not.
+    # Errors mean it was already released or closed: nothing is blocked on it then.
+    with contextlib.suppress(ValueError, RuntimeError, OSError):
+        response.shutdown()

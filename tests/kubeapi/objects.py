@@ -1,0 +1,88 @@
+"""Builders for the objects tests put into the server, shaped as the real API returns them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+JsonObject = dict[str, Any]
+
+
+def _metadata(name: str, namespace: str | None, labels: Mapping[str, str] | None) -> JsonObject:
+    metadata: JsonObject = {"name": name}
+    if namespace is not None:
+        metadata["namespace"] = namespace
+    if labels:
+        metadata["labels"] = dict(labels)
+    return metadata
+
+
+def service(
+    name: str,
+    namespace: str = "default",
+    *,
+    labels: Mapping[str, str] | None = None,
+    cluster_ip: str = "10.96.0.10",
+    ports: Sequence[int] = (80,),
+) -> JsonObject:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(name, namespace, labels),
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": cluster_ip,
+            "clusterIPs": [cluster_ip],
+            "ipFamilies": ["IPv4"],
+            "ports": [
+                {"name": f"p{port}", "port": port, "protocol": "TCP", "targetPort": port}
+                for port in ports
+            ],
+        },
+    }
+
+
+def node(name: str, *, labels: Mapping[str, str] | None = None, cpu: str = "4") -> JsonObject:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": _metadata(name, None, labels),
+        "status": {"capacity": {"cpu": cpu}, "allocatable": {"cpu": cpu}},
+    }
+
+
+def endpoint_slice(
+    name: str,
+    service_name: str,
+    namespace: str = "default",
+    *,
+    addresses: Sequence[str] = ("10.244.0.5",),
+    node_name: str = "node-a",
+    port: int = 8080,
+) -> JsonObject:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": _metadata(name, namespace, {"kubernetes.io/service-name": service_name}),
+        "addressType": "IPv4",
+        "endpoints": [
+            {
+                "addresses": [address],
+                "conditions": {"ready": True, "serving": True, "terminating": False},
+                "nodeName": node_name,
+                "targetRef": {"kind": "Pod", "namespace": namespace, "name": f"pod-{index}"},
+            }
+            for index, address in enumerate(addresses)
+        ],
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+    }
+
+
+def secret(name: str, namespace: str = "default", *, secret_type: str = "Opaque") -> JsonObject:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(name, namespace, None),
+        "type": secret_type,
+        "data": {},
+    }
