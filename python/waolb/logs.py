@@ -1,0 +1,84 @@
+"""Structured logging: structlog on top of the standard library's logging.
+
+Going through the standard library means the Kubernetes client's and urllib3's records come out
+of the same handler, in the same format, as waolb's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Literal, TextIO
+
+import orjson
+import structlog
+
+# kube-proxy's klog levels: 0-1 are the normal operational messages, 2 and up add detail.
+DEBUG_VERBOSITY = 2
+# Libraries log every HTTP request at debug; only very verbose runs want that.
+LIBRARY_DEBUG_VERBOSITY = 6
+_LIBRARY_LOGGERS = ("kubernetes", "urllib3")
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    """A logger named after its module; usable before configure_logging is called."""
+    logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
+    return logger
+
+
+def _json_dumps(event: object, **_: object) -> str:
+    # str() for anything orjson cannot encode (exceptions, IP objects): a log line never fails.
+    return orjson.dumps(event, default=str).decode()
+
+
+def configure_logging(
+    verbosity: int = 0,
+    log_format: Literal["console", "json"] = "console",
+    stream: TextIO | None = None,
+) -> None:
+    """Route all logging to ``stream`` (stderr) with timestamps, levels and logger names.
+
+    Called once at start-up; calling it again replaces the handler (tests redirect the stream).
+    """
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    rendering: list[structlog.typing.Processor]
+    if log_format == "json":
+        rendering = [
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(serializer=_json_dumps),
+        ]
+    else:
+        # The console renderer formats exceptions itself.
+        rendering = [structlog.dev.ConsoleRenderer(colors=False)]
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        # Not cached: structlog.testing.capture_logs must be able to intercept any logger.
+        cache_logger_on_first_use=False,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *rendering,
+        ],
+    )
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.DEBUG if verbosity >= DEBUG_VERBOSITY else logging.INFO)
+    library_level = logging.DEBUG if verbosity >= LIBRARY_DEBUG_VERBOSITY else logging.WARNING
+    for name in _LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(library_level)

@@ -1,0 +1,184 @@
+"""The running proxy: watches, state, weights, the sync loop and the HTTP servers, wired.
+
+Data flows one way: the reflectors feed :class:`~waolb.state.ClusterState`, whose changes wake
+the :class:`~waolb.sync.SyncLoop`, which asks the weight provider and sends one kernel batch.
+The first sync waits until both the Service and the EndpointSlice lists have arrived, so a
+restarted proxy never replaces good rules with a half-known cluster. On SIGTERM or SIGINT the
+watches and servers stop and the rules stay in place, as kube-proxy leaves them.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, Final
+
+from waolb import logs
+from waolb._native import Dataplane
+from waolb.config import ProxySettings
+from waolb.health import ProxierHealth
+from waolb.kube import (
+    ENDPOINT_SLICES,
+    NODES,
+    SERVICES,
+    KubeConfigError,
+    Reflector,
+    build_api_client,
+)
+from waolb.metrics import HttpEndpoint, ProxyMetrics, Route, metrics_routes
+from waolb.policy import WeightProvider
+from waolb.policy.equal import EqualWeights
+from waolb.state import ClusterState
+from waolb.sync import SyncLoop
+
+log = logs.get_logger(__name__)
+
+EXIT_FAILURE: Final = 1
+JsonObject = dict[str, Any]
+
+
+class _EventRouter:
+    """The reflectors' handler: Services and EndpointSlices to the state, the Node to health."""
+
+    def __init__(
+        self, state: ClusterState, health: ProxierHealth, on_lists: Callable[[], None]
+    ) -> None:
+        self._state = state
+        self._health = health
+        self._on_lists = on_lists
+        self._listed: set[str] = set()
+        self._lock = threading.Lock()
+
+    def replace(self, kind: str, objects: list[JsonObject], resource_version: str) -> None:
+        if kind == SERVICES.kind:
+            self._state.replace_services(objects)
+        elif kind == ENDPOINT_SLICES.kind:
+            self._state.replace_endpoint_slices(objects)
+        elif objects:
+            # A relist without this node says nothing new: only a delete event removes it.
+            self._health.sync_node(objects[-1])
+        with self._lock:
+            first_time = kind not in self._listed
+            self._listed.add(kind)
+            ready = {SERVICES.kind, ENDPOINT_SLICES.kind} <= self._listed
+        if first_time and ready and kind != NODES.kind:
+            self._on_lists()
+
+    def upsert(self, kind: str, obj: JsonObject) -> None:
+        if kind == SERVICES.kind:
+            self._state.upsert_service(obj)
+        elif kind == ENDPOINT_SLICES.kind:
+            self._state.upsert_endpoint_slice(obj)
+        else:
+            self._health.sync_node(obj)
+
+    def delete(self, kind: str, obj: JsonObject) -> None:
+        if kind == SERVICES.kind:
+            self._state.delete_service(obj)
+        elif kind == ENDPOINT_SLICES.kind:
+            self._state.delete_endpoint_slice(obj)
+        else:
+            self._health.sync_node(None)
+
+
+class Proxier:
+    def __init__(self, settings: ProxySettings, weights: WeightProvider | None = None) -> None:
+        self.settings = settings
+        self.weights = weights or EqualWeights()
+        self.metrics = ProxyMetrics()
+        config = settings.config
+        self.health = ProxierHealth(2 * config.sync_period, self.metrics)
+        self._stop_requested = threading.Event()
+        self._reflectors: list[Reflector] = []
+        self._servers: list[HttpEndpoint] = []
+        self._loop: SyncLoop | None = None
+
+    def run(self) -> int:
+        """Run until SIGTERM or SIGINT; the exit status."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        try:
+            self.start()
+        except (KubeConfigError, OSError) as error:
+            log.error("cannot start the proxy", error=str(error))
+            self.stop()
+            return EXIT_FAILURE
+        self._stop_requested.wait()
+        self.stop()
+        return 0
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        log.info("stopping; the rules stay in place", signal=signal.Signals(signum).name)
+        self._stop_requested.set()
+
+    def start(self) -> None:
+        settings, config = self.settings, self.settings.config
+        log.info(
+            "starting waolb",
+            node=settings.node_name,
+            service_proxy_name=settings.service_proxy_name,
+            table=settings.table_name,
+            sync_period=config.sync_period,
+            min_sync_period=config.min_sync_period,
+        )
+        dataplane = Dataplane(settings.table_name, config.masquerade_bit)
+        api_client = build_api_client(config.kubeconfig or None, config.master or None)
+        state = ClusterState(settings.node_name)
+        self._loop = SyncLoop(
+            dataplane,
+            state,
+            self.weights,
+            self.metrics,
+            self.health,
+            min_sync_period=config.min_sync_period,
+            sync_period=config.sync_period,
+        )
+        self._serve(settings.healthz_bind_address, self.health.routes(), "healthz")
+        self._serve(settings.metrics_bind_address, metrics_routes(self.metrics), "metrics")
+        self.weights.start()
+        router = _EventRouter(state, self.health, on_lists=self._loop.start)
+        # (resource, label selector, field selector): EndpointSlices carry no service-proxy-name
+        # label, so they are all watched and the state keeps those of the tracked Services.
+        watches = [
+            (SERVICES, settings.service_label_selector, None),
+            (ENDPOINT_SLICES, None, None),
+            (NODES, None, f"metadata.name={settings.node_name}"),
+        ]
+        for resource, label_selector, field_selector in watches:
+            reflector = Reflector(
+                api_client,
+                resource,
+                router,
+                label_selector=label_selector,
+                field_selector=field_selector,
+                on_restart=self._watch_restarted,
+            )
+            reflector.start()
+            self._reflectors.append(reflector)
+
+    def stop(self) -> None:
+        """Stop watching, syncing and serving; the kernel rules are left as they are."""
+        for reflector in self._reflectors:
+            reflector.stop()
+        if self._loop is not None:
+            self._loop.stop()
+        self.weights.stop()
+        for server in self._servers:
+            server.stop()
+
+    def _serve(self, address: str, routes: dict[str, Route], name: str) -> None:
+        if not address:
+            return
+        server = HttpEndpoint(address, routes, name)
+        try:
+            server.start()
+        except OSError as error:
+            # As kube-proxy without bindAddressHardFail: the proxy still programs rules.
+            log.error("cannot serve", server=name, address=address, error=str(error))
+            return
+        self._servers.append(server)
+
+    def _watch_restarted(self, kind: str, reason: str) -> None:
+        self.metrics.watch_restarts.labels(kind, reason).inc()
