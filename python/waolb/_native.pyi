@@ -37,7 +37,7 @@ class SyncStats(TypedDict):
     seconds: float
 
 class NftError(OSError):
-    """The kernel rejected a batch; nothing was changed. ``errno`` and ``object`` say what failed."""
+    """The kernel rejected a batch; nothing changed. ``errno`` and ``object`` say what failed."""
 
     object: str
 

@@ -189,15 +189,32 @@ pub mod py {
             name: String,
             port_name: String,
             protocol: &str,
-            family: i64,
+            family: &Bound<'_, PyAny>,
             cluster_ip: &str,
-            port: i64,
+            port: &Bound<'_, PyAny>,
             endpoint_ips: Vec<String>,
-            endpoint_ports: Vec<i64>,
-            weights: Vec<i64>,
+            endpoint_ports: &Bound<'_, PyAny>,
+            weights: &Bound<'_, PyAny>,
         ) -> PyResult<Self> {
             let subject = format!("service {namespace}/{name}:{port_name}");
             let fail = |problem: String| PyValueError::new_err(format!("{subject}: {problem}"));
+            // Integers of any size arrive here; a value that does not fit is named, not an
+            // OverflowError from deep inside the conversion.
+            let integer = |value: &Bound<'_, PyAny>, what: &str| {
+                value
+                    .extract::<i64>()
+                    .map_err(|_| fail(format!("{what} {value} is not an integer in range")))
+            };
+            let integers = |values: &Bound<'_, PyAny>, what: &str| -> PyResult<Vec<i64>> {
+                values
+                    .try_iter()?
+                    .map(|item| integer(&item?, what))
+                    .collect()
+            };
+            let family = integer(family, "IP family")?;
+            let port = integer(port, "service port")?;
+            let endpoint_ports = integers(endpoint_ports, "endpoint port")?;
+            let weights = integers(weights, "endpoint weight")?;
             let family = match family {
                 4 => Family::Ip,
                 6 => Family::Ip6,

@@ -488,6 +488,21 @@ impl Ruleset {
         for service in &upsert {
             service.validate()?;
         }
+        let mut updated = std::collections::HashSet::with_capacity(upsert.len());
+        for id in upsert.iter().map(ServicePort::id) {
+            if !updated.insert(id.clone()) {
+                return Err(format!("{id} is given twice"));
+            }
+        }
+        let mut removed = std::collections::HashSet::with_capacity(remove.len());
+        for id in &remove {
+            if updated.contains(id) {
+                return Err(format!("{id} is both updated and removed"));
+            }
+            if !removed.insert(id) {
+                return Err(format!("{id} is given twice"));
+            }
+        }
         let upsert: Vec<ServicePort> = upsert
             .into_iter()
             .filter(|s| self.applied.get(&s.id()) != Some(s))
@@ -496,23 +511,12 @@ impl Ruleset {
             .into_iter()
             .filter(|id| self.applied.contains_key(id))
             .collect();
-        // The result must stay free of duplicate identities and address clashes.
+        // The result must stay free of address clashes.
         let replaced: std::collections::HashSet<ServiceId> = upsert
             .iter()
             .map(|s| s.id())
             .chain(remove.iter().cloned())
             .collect();
-        if replaced.len() < upsert.len() + remove.len() {
-            let dup = upsert
-                .iter()
-                .map(|s| s.id())
-                .find(|id| remove.contains(id))
-                .map(|id| id.to_string());
-            return Err(format!(
-                "{} is both updated and removed, or given twice",
-                dup.unwrap_or_else(|| "a service port".into())
-            ));
-        }
         let result: Vec<&ServicePort> = self
             .applied
             .iter()
