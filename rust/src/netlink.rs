@@ -23,7 +23,6 @@ pub const NLM_F_APPEND: u16 = 0x800;
 pub const NLM_F_NONREC: u16 = 0x100;
 
 const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 const NLMSG_HDRLEN: usize = 16;
 const NFGENMSG_LEN: usize = 4;
 const NLA_HDRLEN: usize = 4;
@@ -247,6 +246,8 @@ fn set_int_option(
 
 /// Kernel error reports are small; this holds thousands of them.
 const RECEIVE_BUFFER: usize = 8 << 20;
+/// How long a read waits for the kernel before giving up.
+const RECEIVE_TIMEOUT_SECONDS: libc::time_t = 120;
 
 impl Socket {
     pub fn open() -> io::Result<Socket> {
@@ -276,6 +277,21 @@ impl Socket {
         set_int_option(&fd, SOL_NETLINK, NETLINK_CAP_ACK, 1)?;
         set_int_option(&fd, SOL_NETLINK, NETLINK_EXT_ACK, 1)?;
         Self::size_buffer(&fd, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, RECEIVE_BUFFER)?;
+        // A safety net: the kernel answers within a commit's time, never minutes.
+        let timeout = libc::timeval {
+            tv_sec: RECEIVE_TIMEOUT_SECONDS,
+            tv_usec: 0,
+        };
+        // SAFETY: fd is open; timeout is a valid timeval for the duration of the call.
+        check(unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        })?;
         let seq = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as u32)
@@ -323,26 +339,22 @@ impl Socket {
         )?;
         self.seq = first_seq.wrapping_add(tags.len() as u32 + 2);
         self.send_all(wire)?;
-        let gen_seq = self.send_getgen()?;
         let mut first_error: Option<BatchError> = None;
-        let mut overflowed = false;
-        self.receive_until(
-            gen_seq,
-            |seq, errno, message| {
-                if errno == 0 || first_error.is_some() {
+        let overflowed = self.await_generation(
+            &mut |seq, errno, message| {
+                // Message i carries first_seq + 1 + i; BATCH_BEGIN (a commit failure) is 0.
+                let offset = seq.wrapping_sub(first_seq) as usize;
+                if errno == 0 || first_error.is_some() || offset > tags.len() + 1 {
                     return;
                 }
-                // Message i carries first_seq + 1 + i; BATCH_BEGIN (a commit failure) maps to None.
-                let tag = (seq.wrapping_sub(first_seq) as usize)
-                    .checked_sub(1)
-                    .and_then(|i| tags.get(i).copied());
+                let tag = offset.checked_sub(1).and_then(|i| tags.get(i).copied());
                 first_error = Some(BatchError {
                     errno,
                     tag,
                     message,
                 });
             },
-            &mut overflowed,
+            &mut |_| {},
         )?;
         if let Some(error) = first_error {
             return Ok(Err(error));
@@ -399,55 +411,74 @@ impl Socket {
 
     /// The ruleset generation id: it changes with every committed transaction.
     pub fn generation(&mut self) -> io::Result<u32> {
-        let seq = self.send_getgen()?;
-        let mut overflowed = false;
         let mut generation = None;
-        let found = self.receive_loop(
-            seq,
-            &mut |msg_type, payload| {
-                if msg_type == ((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN) {
-                    generation = parse_gen_id(payload);
-                }
-            },
-            &mut |_, _, _| {},
-            &mut overflowed,
-        )?;
-        debug_assert!(found);
+        self.await_generation(&mut |_, _, _| {}, &mut |payload| {
+            generation = parse_gen_id(payload);
+        })?;
         generation.ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidData, "NEWGEN without a generation id")
         })
     }
 
-    fn receive_until(
+    /// Asks for the generation and reads until the answer, passing every error report on
+    /// the way to `on_error`. Everything queued before the question arrives before its
+    /// answer. When reports overflowed the receive buffer the answer may have been dropped
+    /// with them, so the queue is drained and the question asked again. Returns whether
+    /// anything was dropped.
+    fn await_generation(
         &mut self,
-        stop_seq: u32,
-        mut on_error: impl FnMut(u32, i32, Option<String>),
-        overflowed: &mut bool,
-    ) -> io::Result<()> {
-        self.receive_loop(stop_seq, &mut |_, _| {}, &mut on_error, overflowed)
-            .map(|_| ())
+        on_error: &mut dyn FnMut(u32, i32, Option<String>),
+        on_generation: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<bool> {
+        let mut overflowed = false;
+        loop {
+            let gen_seq = self.send_getgen()?;
+            match self.read(0, Some(gen_seq), on_error, on_generation)? {
+                ReadOutcome::Answered => return Ok(overflowed),
+                ReadOutcome::Overflowed => {
+                    overflowed = true;
+                    while self.read(libc::MSG_DONTWAIT, None, on_error, &mut |_| {})?
+                        != ReadOutcome::Empty
+                    {}
+                }
+                ReadOutcome::Empty => unreachable!("a blocking read ends with an answer"),
+            }
+        }
     }
 
-    /// Reads messages until the answer to `stop_seq` (its NEWGEN, or an error for it).
-    fn receive_loop(
+    /// Reads messages until the NEWGEN answering `answer_to`, an overflow, or (with
+    /// MSG_DONTWAIT) an empty queue.
+    fn read(
         &mut self,
-        stop_seq: u32,
-        on_message: &mut dyn FnMut(u16, &[u8]),
+        flags: libc::c_int,
+        answer_to: Option<u32>,
         on_error: &mut dyn FnMut(u32, i32, Option<String>),
-        overflowed: &mut bool,
-    ) -> io::Result<bool> {
+        on_generation: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<ReadOutcome> {
         let mut buf = vec![0u8; 1 << 16];
         loop {
             // SAFETY: buf is writable for its whole length.
-            let got =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let got = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    flags,
+                )
+            };
             if got < 0 {
                 let err = io::Error::last_os_error();
                 match err.raw_os_error() {
                     Some(libc::EINTR) => continue,
-                    Some(libc::ENOBUFS) => {
-                        *overflowed = true;
-                        continue;
+                    Some(libc::ENOBUFS) => return Ok(ReadOutcome::Overflowed),
+                    Some(libc::EAGAIN) if flags & libc::MSG_DONTWAIT != 0 => {
+                        return Ok(ReadOutcome::Empty)
+                    }
+                    Some(libc::EAGAIN) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("no answer from the kernel in {RECEIVE_TIMEOUT_SECONDS} s"),
+                        ))
                     }
                     _ => return Err(err),
                 }
@@ -464,26 +495,26 @@ impl Socket {
                 let msg_type = u16::from_ne_bytes(rest[4..6].try_into().unwrap());
                 let seq = u32::from_ne_bytes(rest[8..12].try_into().unwrap());
                 let payload = &rest[NLMSG_HDRLEN..len];
-                match msg_type {
-                    NLMSG_ERROR => {
-                        let (errno, original_seq, message) = parse_error(payload)?;
-                        on_error(original_seq, errno, message);
-                        if original_seq == stop_seq {
-                            return Ok(errno == 0);
-                        }
-                    }
-                    NLMSG_DONE => {}
-                    _ => {
-                        on_message(msg_type, payload);
-                        if seq == stop_seq {
-                            return Ok(true);
-                        }
-                    }
+                if msg_type == NLMSG_ERROR {
+                    let (errno, original_seq, message) = parse_error(payload)?;
+                    on_error(original_seq, errno, message);
+                } else if msg_type == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN
+                    && Some(seq) == answer_to
+                {
+                    on_generation(payload);
+                    return Ok(ReadOutcome::Answered);
                 }
                 rest = &rest[align4(len).min(rest.len())..];
             }
         }
     }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum ReadOutcome {
+    Answered,
+    Overflowed,
+    Empty,
 }
 
 fn parse_gen_id(payload: &[u8]) -> Option<u32> {
