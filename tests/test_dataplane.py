@@ -1,0 +1,909 @@
+"""waolb._native.Dataplane against the kernel: what nft reads back, without traffic.
+
+Every test works in namespaces of its own (tests/netns.py). The ruleset is read back with
+python-nftables from inside the namespace and compared object by object with what the
+layout in rust/src/ruleset.rs promises.
+"""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import nftables
+import pytest
+
+from netns import (
+    Netns,
+    entered,
+    netns,
+    netns_pair,
+    new_dataplane,
+    requires_netns,
+    stop_process,
+)
+from waolb._native import Dataplane, NftError, ServicePort
+
+# The fixtures netns and netns_pair live in tests/netns.py; exporting them keeps the
+# imports "used" for linters, and pytest finds them here by name.
+__all__ = ["netns", "netns_pair"]
+
+pytestmark = requires_netns
+
+TABLE = "wao-loadbalancer"
+MARK = 1 << 14
+
+
+def svc(
+    name: str,
+    cluster_ip: str,
+    endpoints: Sequence[tuple[str, int, int]] = (),
+    *,
+    namespace: str = "default",
+    port_name: str = "http",
+    protocol: str = "tcp",
+    port: int = 80,
+) -> ServicePort:
+    """A service port; the family follows the cluster IP."""
+    family = 6 if ":" in cluster_ip else 4
+    return ServicePort(
+        namespace,
+        name,
+        port_name,
+        protocol,
+        family,
+        cluster_ip,
+        port,
+        [addr for addr, _, _ in endpoints],
+        [p for _, p, _ in endpoints],
+        [w for _, _, w in endpoints],
+    )
+
+
+def chain_of(service: ServicePort) -> str:
+    return f"service-{service.namespace}/{service.name}/{service.protocol}/{service.port_name}"
+
+
+# ---- reading the kernel's state back --------------------------------------------------------
+
+
+def nft_json(ns: Netns, command: dict[str, Any]) -> tuple[int, dict[str, Any], str]:
+    """Runs a JSON command with python-nftables created inside ``ns``."""
+    with entered(ns):
+        nft = nftables.Nftables()
+        rc, output, error = nft.json_cmd({"nftables": [command]})
+    return rc, output or {}, error
+
+
+@dataclass
+class Listing:
+    """One table as nft sees it, handles kept apart so objects compare by content."""
+
+    chains: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rules: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    handles: dict[str, list[int]] = field(default_factory=dict)
+
+    def elements(self, name: str) -> list[Any]:
+        return list(self.sets[name].get("elem", []))
+
+    def verdict_map(self, name: str) -> dict[tuple[Any, ...], str]:
+        """``service-ips`` / ``no-endpoint-services``: (vip, proto, port) -> goto target."""
+        out: dict[tuple[Any, ...], str] = {}
+        for key, verdict in self.elements(name):
+            assert list(verdict) == ["goto"], verdict
+            out[tuple(key["concat"])] = verdict["goto"]["target"]
+        return out
+
+    def hairpin(self) -> set[tuple[str, str]]:
+        return {(e["concat"][0], e["concat"][1]) for e in self.elements("hairpin-endpoints")}
+
+
+def read_table(ns: Netns, family: str = "ip", table: str = TABLE) -> Listing | None:
+    """The table through python-nftables, or None if it does not exist."""
+    rc, output, error = nft_json(ns, {"list": {"table": {"family": family, "name": table}}})
+    if rc != 0:
+        assert "No such file or directory" in error, error
+        return None
+    listing = Listing()
+    for item in output["nftables"]:
+        kind, body = next(iter(item.items()))
+        body = dict(body)
+        if kind in ("set", "map"):
+            body.pop("handle")
+            assert body.pop("family") == family and body.pop("table") == table
+            name = body.pop("name")
+            listing.sets[name] = {"kind": kind, **body}
+        elif kind == "chain":
+            body.pop("handle")
+            assert body.pop("family") == family and body.pop("table") == table
+            name = body.pop("name")
+            listing.chains[name] = body
+            listing.rules.setdefault(name, [])
+            listing.handles.setdefault(name, [])
+        elif kind == "rule":
+            chain = body["chain"]
+            listing.handles.setdefault(chain, []).append(body["handle"])
+            rule = {"expr": body["expr"]}
+            if "comment" in body:
+                rule["comment"] = body["comment"]
+            listing.rules.setdefault(chain, []).append(rule)
+    return listing
+
+
+def full_ruleset(ns: Netns) -> str:
+    """``nft -a list ruleset``: the text with handles, so a re-created object shows."""
+    return ns.nft("-a", "list", "ruleset").stdout
+
+
+# ---- what the layout promises ---------------------------------------------------------------
+
+BASE_CHAINS = {
+    "nat-prerouting": {"type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"},
+    "nat-output": {"type": "nat", "hook": "output", "prio": -100, "policy": "accept"},
+    "nat-postrouting": {"type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"},
+    "filter-input": {"type": "filter", "hook": "input", "prio": -110, "policy": "accept"},
+    "filter-forward": {"type": "filter", "hook": "forward", "prio": -110, "policy": "accept"},
+    "filter-output": {"type": "filter", "hook": "output", "prio": -110, "policy": "accept"},
+}
+REGULAR_CHAINS = [
+    "services",
+    "service-endpoints-check",
+    "reject-chain",
+    "mark-for-masquerade",
+    "masquerading",
+]
+
+
+def infrastructure_rules(family: str, mark: int = MARK) -> dict[str, list[dict[str, Any]]]:
+    """The rules of every chain that is not a service chain, as nft's JSON spells them."""
+
+    def key(field_: str) -> dict[str, Any]:
+        return {"payload": {"protocol": family, "field": field_}}
+
+    service_key = {"concat": [key("daddr"), {"meta": {"key": "l4proto"}}, {"payload": {
+        "protocol": "th", "field": "dport"}}]}  # fmt: skip
+    ct_new = {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}}
+    meta_mark = {"meta": {"key": "mark"}}
+    return {
+        "services": [{"expr": [{"vmap": {"key": service_key, "data": "@service-ips"}}]}],
+        "service-endpoints-check": [
+            {"expr": [{"vmap": {"key": service_key, "data": "@no-endpoint-services"}}]}
+        ],
+        "reject-chain": [
+            {
+                "expr": [
+                    {
+                        "reject": {
+                            "type": "icmp" if family == "ip" else "icmpv6",
+                            "expr": "port-unreachable",
+                        }
+                    }
+                ]
+            }
+        ],
+        "mark-for-masquerade": [
+            {"expr": [{"mangle": {"key": meta_mark, "value": {"|": [meta_mark, mark]}}}]}
+        ],
+        "masquerading": [
+            {
+                "expr": [
+                    {
+                        "match": {
+                            "op": "==",
+                            "left": {"concat": [key("saddr"), key("daddr")]},
+                            "right": "@hairpin-endpoints",
+                        }
+                    },
+                    {"jump": {"target": "mark-for-masquerade"}},
+                ],
+                "comment": "hairpin: a pod reached itself through a service",
+            },
+            {
+                "expr": [
+                    {"match": {"op": "==", "left": {"&": [meta_mark, mark]}, "right": 0}},
+                    {"return": None},
+                ]
+            },
+            {"expr": [{"mangle": {"key": meta_mark, "value": {"^": [meta_mark, mark]}}}]},
+            {"expr": [{"masquerade": {"flags": "fully-random"}}]},
+        ],
+        "nat-prerouting": [{"expr": [{"jump": {"target": "services"}}]}],
+        "nat-output": [{"expr": [{"jump": {"target": "services"}}]}],
+        "nat-postrouting": [{"expr": [{"jump": {"target": "masquerading"}}]}],
+        "filter-input": [{"expr": [ct_new, {"jump": {"target": "service-endpoints-check"}}]}],
+        "filter-forward": [{"expr": [ct_new, {"jump": {"target": "service-endpoints-check"}}]}],
+        "filter-output": [{"expr": [ct_new, {"jump": {"target": "service-endpoints-check"}}]}],
+    }
+
+
+def expected_service_rules(service: ServicePort) -> list[dict[str, Any]]:
+    """The cascade ``numgen random mod R_i < w_i dnat to ...`` with its comments, computed
+    here independently: endpoint i (weight > 0) keeps w_i of the R_i values still unassigned,
+    and the last one needs no condition."""
+    total = sum(service.weights)
+    rules: list[dict[str, Any]] = []
+    start = 0
+    for addr, port, weight in zip(
+        service.endpoint_ips, service.endpoint_ports, service.weights, strict=True
+    ):
+        if weight == 0:
+            continue
+        remaining = total - start
+        expr: list[dict[str, Any]] = []
+        if remaining != weight:
+            numgen = {"numgen": {"mode": "random", "mod": remaining, "offset": 0}}
+            expr.append({"match": {"op": "<", "left": numgen, "right": weight}})
+        expr.append({"dnat": {"addr": addr, "port": port}})
+        comment = (
+            f"weight {weight} of {total} ({100 * weight / total:.1f}%), "
+            f"range {start}-{start + weight - 1}"
+        )
+        rules.append({"expr": expr, "comment": comment})
+        start += weight
+    return rules
+
+
+def map_key(service: ServicePort) -> tuple[Any, ...]:
+    return (service.cluster_ip, service.protocol, service.port)
+
+
+def assert_table_holds(listing: Listing | None, family: str, services: list[ServicePort]) -> None:
+    """The table holds the infrastructure and exactly ``services``, nothing else."""
+    assert listing is not None, f"table {family} {TABLE} is missing"
+    balanced = [s for s in services if any(w > 0 for w in s.weights)]
+    rejected = [s for s in services if s not in balanced]
+    addr_type = "ipv4_addr" if family == "ip" else "ipv6_addr"
+    assert set(listing.sets) == {"service-ips", "no-endpoint-services", "hairpin-endpoints"}
+    for name in ("service-ips", "no-endpoint-services"):
+        meta = {k: v for k, v in listing.sets[name].items() if k != "elem"}
+        assert meta == {
+            "kind": "map",
+            "type": [addr_type, "inet_proto", "inet_service"],
+            "map": "verdict",
+        }
+    meta = {k: v for k, v in listing.sets["hairpin-endpoints"].items() if k != "elem"}
+    assert meta == {"kind": "set", "type": [addr_type, addr_type]}
+
+    assert listing.verdict_map("service-ips") == {map_key(s): chain_of(s) for s in balanced}
+    assert listing.verdict_map("no-endpoint-services") == {
+        map_key(s): "reject-chain" for s in rejected
+    }
+    hairpin = {
+        (addr, addr)
+        for s in balanced
+        for addr, w in zip(s.endpoint_ips, s.weights, strict=True)
+        if w > 0
+    }
+    assert listing.hairpin() == hairpin
+
+    expected_chains: dict[str, dict[str, Any]] = {name: {} for name in REGULAR_CHAINS}
+    expected_chains.update(BASE_CHAINS)
+    expected_chains.update({chain_of(s): {} for s in balanced})
+    assert listing.chains == expected_chains
+    expected_rules = infrastructure_rules(family)
+    expected_rules.update({chain_of(s): expected_service_rules(s) for s in balanced})
+    assert listing.rules == expected_rules
+
+
+# ---- fixtures -------------------------------------------------------------------------------
+
+
+@dataclass
+class Programmed:
+    ns: Netns
+    dp: Dataplane
+    services: list[ServicePort]
+
+
+WEB = svc(
+    "web",
+    "10.96.0.10",
+    [("10.244.0.10", 8080, 100), ("10.244.0.11", 8080, 80), ("10.244.0.12", 8080, 67)],
+)
+METRICS = svc("web", "10.96.0.10", [("10.244.0.10", 9100, 1)], port_name="metrics", port=9100)
+DNS = svc(
+    "dns", "10.96.0.53", [], namespace="kube-system", port_name="dns", protocol="udp", port=53
+)
+API = svc("api", "10.96.0.1", [("10.244.0.20", 6443, 1), ("10.244.0.21", 6443, 1)])
+
+
+@pytest.fixture
+def programmed(netns: Netns) -> Programmed:
+    """A namespace where a Dataplane has replaced its tables with WEB, METRICS, DNS, API."""
+    dp = new_dataplane(netns)
+    services = [WEB, METRICS, DNS, API]
+    dp.replace(services)
+    return Programmed(netns, dp, services)
+
+
+# ---- full sync ------------------------------------------------------------------------------
+
+
+def test_replace_programs_exactly_the_expected_objects(netns: Netns) -> None:
+    with_zero = svc(
+        "zero",
+        "10.96.0.20",
+        [("10.244.0.30", 80, 3), ("10.244.0.31", 80, 0), ("10.244.0.32", 80, 1)],
+        port_name="",
+    )
+    services = [WEB, METRICS, DNS, API, with_zero]
+    stats = new_dataplane(netns).replace(services)
+    assert stats["services"] == len(services)
+    assert stats["messages"] > 0 and stats["bytes"] > 0
+    assert_table_holds(read_table(netns, "ip"), "ip", services)
+    # Rules spelled out once by hand, so a shared mistake in the helper cannot hide.
+    rules = read_table(netns, "ip").rules  # type: ignore[union-attr]
+    assert rules["service-default/web/tcp/http"] == [
+        {
+            "expr": [
+                {"match": {"op": "<", "left": {"numgen": {"mode": "random", "mod": 247,
+                                                          "offset": 0}}, "right": 100}},
+                {"dnat": {"addr": "10.244.0.10", "port": 8080}},
+            ],
+            "comment": "weight 100 of 247 (40.5%), range 0-99",
+        },
+        {
+            "expr": [
+                {"match": {"op": "<", "left": {"numgen": {"mode": "random", "mod": 147,
+                                                          "offset": 0}}, "right": 80}},
+                {"dnat": {"addr": "10.244.0.11", "port": 8080}},
+            ],
+            "comment": "weight 80 of 247 (32.4%), range 100-179",
+        },
+        {
+            "expr": [{"dnat": {"addr": "10.244.0.12", "port": 8080}}],
+            "comment": "weight 67 of 247 (27.1%), range 180-246",
+        },
+    ]  # fmt: skip
+    # The weight-0 endpoint owns no range and no rule, and no hairpin pair.
+    assert [r["comment"] for r in rules["service-default/zero/tcp/"]] == [
+        "weight 3 of 4 (75.0%), range 0-2",
+        "weight 1 of 4 (25.0%), range 3-3",
+    ]
+    # Only the families in use get services; the other table is there, empty.
+    assert_table_holds(read_table(netns, "ip6"), "ip6", [])
+
+
+def test_ipv6_services_land_in_the_ip6_table(netns: Netns) -> None:
+    web6 = svc("web", "fd00:96::10", [("fd00:244::10", 8080, 2), ("fd00:244::11", 8080, 1)])
+    dns6 = svc(
+        "dns", "fd00:96::a", [], namespace="kube-system", port_name="dns", protocol="udp", port=53
+    )
+    new_dataplane(netns).replace([WEB, web6, dns6])
+    assert_table_holds(read_table(netns, "ip6"), "ip6", [web6, dns6])
+    assert_table_holds(read_table(netns, "ip"), "ip", [WEB])
+    assert "dnat to [fd00:244::10]:8080" in netns.nft("list", "table", "ip6", TABLE).stdout
+
+
+def test_the_longest_chain_name_the_kernel_takes_is_programmed(netns: Netns) -> None:
+    # service-<ns>/<name>/tcp/<port name>: 8 + 200 + 1 + 37 + 5 + 4 = 255 bytes, the limit.
+    longest = svc("n" * 37, "10.96.0.77", [("10.244.0.77", 80, 1)], namespace="a" * 200,
+                  port_name="p" * 4)  # fmt: skip
+    assert len(chain_of(longest)) == 255
+    new_dataplane(netns).replace([longest])
+    assert_table_holds(read_table(netns, "ip"), "ip", [longest])
+    with pytest.raises(ValueError, match="longer than 255 bytes"):
+        svc("n" * 38, "10.96.0.77", [], namespace="a" * 200, port_name="p" * 4)
+
+
+def test_custom_table_name_and_masquerade_bit(netns: Netns) -> None:
+    dp = new_dataplane(netns, table="lb-test", masquerade_bit=3)
+    assert dp.table == "lb-test"
+    dp.replace([WEB])
+    assert read_table(netns, "ip") is None
+    listing = read_table(netns, "ip", table="lb-test")
+    assert listing is not None
+    assert (
+        listing.rules["mark-for-masquerade"] == infrastructure_rules("ip", 8)["mark-for-masquerade"]
+    )
+    assert listing.rules["masquerading"] == infrastructure_rules("ip", 8)["masquerading"]
+    for bad in ({"table": ""}, {"table": "two words"}, {"table": "x" * 256},
+                {"masquerade_bit": 32}):  # fmt: skip
+        with pytest.raises(ValueError):
+            new_dataplane(netns, **bad)
+
+
+def test_many_services_round_trip_in_one_transaction(netns: Netns) -> None:
+    """3 000 services: element lists split over several messages, all committed at once."""
+    services = [
+        svc(
+            f"s{i}",
+            f"10.96.{i // 250}.{i % 250 + 1}",
+            [(f"10.244.{i // 200}.{i % 200 + 1}", 8080, 1), ("10.245.0.1", 8080, 2)],
+        )
+        for i in range(3000)
+    ]
+    stats = new_dataplane(netns).replace(services)
+    assert stats["services"] == 3000
+    listing = read_table(netns, "ip")
+    assert listing is not None
+    assert listing.verdict_map("service-ips") == {map_key(s): chain_of(s) for s in services}
+    assert len(listing.hairpin()) == 3001
+    assert len(listing.chains) == 3000 + len(REGULAR_CHAINS) + len(BASE_CHAINS)
+    assert listing.rules["service-default/s2999/tcp/http"] == expected_service_rules(services[2999])
+
+
+def test_the_largest_service_allowed_is_programmed(netns: Netns) -> None:
+    """100 000 endpoints, the limit: one chain of 100 000 rules (a 45 MB batch)."""
+    count = 100_000
+    ips = [f"10.{i >> 16}.{i >> 8 & 255}.{i & 255}" for i in range(1, count + 1)]
+    weights = [1 + i % 100 for i in range(count)]
+    big = svc("big", "10.96.0.10", list(zip(ips, [8080] * count, weights, strict=True)))
+    dp = new_dataplane(netns)
+    stats = dp.replace([big])
+    assert stats["messages"] > count
+    text = netns.nft("list", "chain", "ip", TABLE, chain_of(big)).stdout
+    rules = [line.strip() for line in text.splitlines() if "dnat to" in line]
+    total = sum(weights)
+    assert len(rules) == count
+    assert rules[0] == (
+        f'numgen random mod {total} < 1 dnat to 10.0.0.1:8080 comment "weight 1 of {total} '
+        '(0.0%), range 0-0"'
+    )
+    assert rules[-1] == (
+        f'dnat to {ips[-1]}:8080 comment "weight 100 of {total} (0.0%), range '
+        f'{total - 100}-{total - 1}"'
+    )
+    # Shrinking it again is a partial sync like any other.
+    small = svc("big", "10.96.0.10", [("10.0.0.1", 8080, 1)])
+    dp.apply([small], [])
+    listing = read_table(netns, "ip")
+    assert_table_holds(listing, "ip", [small])
+
+
+# ---- partial sync ---------------------------------------------------------------------------
+
+
+def test_partial_apply_touches_only_the_changed_service(programmed: Programmed) -> None:
+    ns, dp = programmed.ns, programmed.dp
+    before = read_table(ns, "ip")
+    assert before is not None
+    # Unchanged services cost nothing: no message, not even a new generation.
+    text = full_ruleset(ns)
+    assert dp.apply([WEB, METRICS, DNS, API], [])["messages"] == 0
+    assert full_ruleset(ns) == text
+
+    web2 = svc("web", "10.96.0.10", [("10.244.0.10", 8080, 1), ("10.244.0.12", 8080, 3)])
+    stats = dp.apply([web2, API], [])
+    assert stats["services"] == 1  # API was unchanged and skipped
+    after = read_table(ns, "ip")
+    assert after is not None
+    assert after.rules[chain_of(web2)] == expected_service_rules(web2)
+    # Every other chain kept its rules and their handles: nothing was re-added.
+    for chain in before.chains:
+        if chain != chain_of(WEB):
+            assert after.rules[chain] == before.rules[chain], chain
+            assert after.handles[chain] == before.handles[chain], chain
+    assert after.sets["service-ips"] == before.sets["service-ips"]
+    # 10.244.0.11 served only WEB; 10.244.0.10 still serves METRICS.
+    assert ("10.244.0.11", "10.244.0.11") not in after.hairpin()
+    assert after.hairpin() == before.hairpin() - {("10.244.0.11", "10.244.0.11")}
+    assert_table_holds(after, "ip", [web2, METRICS, DNS, API])
+
+
+def test_partial_apply_removes_what_it_should(programmed: Programmed) -> None:
+    ns, dp = programmed.ns, programmed.dp
+    before = read_table(ns, "ip")
+    assert before is not None
+    dp.apply([], [WEB, DNS])
+    after = read_table(ns, "ip")
+    assert_table_holds(after, "ip", [METRICS, API])
+    assert after is not None
+    # The address WEB shared with METRICS keeps its hairpin pair.
+    assert ("10.244.0.10", "10.244.0.10") in after.hairpin()
+    for chain in (chain_of(METRICS), chain_of(API)):
+        assert after.handles[chain] == before.handles[chain]
+    # Removing what is not there is a no-op, not an error.
+    text = full_ruleset(ns)
+    assert dp.apply([], [WEB])["messages"] == 0
+    assert full_ruleset(ns) == text
+
+
+def test_service_moves_between_maps_as_endpoints_come_and_go(programmed: Programmed) -> None:
+    ns, dp = programmed.ns, programmed.dp
+    api_empty = svc("api", "10.96.0.1", [])
+    dp.apply([api_empty], [])
+    listing = read_table(ns, "ip")
+    assert listing is not None
+    assert map_key(API) not in listing.verdict_map("service-ips")
+    assert listing.verdict_map("no-endpoint-services")[map_key(API)] == "reject-chain"
+    assert chain_of(API) not in listing.chains
+    assert_table_holds(listing, "ip", [WEB, METRICS, DNS, api_empty])
+
+    dns_back = svc("dns", "10.96.0.53", [("10.244.0.53", 53, 1)], namespace="kube-system",
+                   port_name="dns", protocol="udp", port=53)  # fmt: skip
+    api_back = svc("api", "10.96.0.1", [("10.244.0.22", 6443, 5)])
+    dp.apply([dns_back, api_back], [])
+    listing = read_table(ns, "ip")
+    assert_table_holds(listing, "ip", [WEB, METRICS, dns_back, api_back])
+
+    # A new cluster IP moves the element; the old key is gone.
+    api_moved = svc("api", "10.96.0.2", [("10.244.0.22", 6443, 5)])
+    dp.apply([api_moved], [])
+    assert_table_holds(read_table(ns, "ip"), "ip", [WEB, METRICS, dns_back, api_moved])
+
+
+def test_cluster_ips_can_swap_in_one_partial_apply(programmed: Programmed) -> None:
+    ns, dp = programmed.ns, programmed.dp
+    web_at_api = svc("web", "10.96.0.1", [("10.244.0.10", 8080, 1)])
+    api_at_web = svc("api", "10.96.0.10", [("10.244.0.20", 6443, 1)])
+    dp.apply([web_at_api, api_at_web], [])
+    assert_table_holds(read_table(ns, "ip"), "ip", [web_at_api, api_at_web, METRICS, DNS])
+
+
+# ---- namespaces and neighbours --------------------------------------------------------------
+
+FOREIGN = """
+table ip other {
+    set blocked {
+        type ipv4_addr
+        elements = { 192.0.2.1 }
+    }
+    chain input {
+        type filter hook input priority 0; policy accept;
+        ip saddr @blocked drop
+    }
+}
+table inet filter {
+    chain forward {
+        type filter hook forward priority 0; policy accept;
+        counter
+    }
+}
+table inet wao-loadbalancer {
+    chain c {
+        type filter hook output priority 10; policy accept;
+        meta mark 7 accept
+    }
+}
+"""
+
+
+def foreign_tables(ns: Netns) -> str:
+    return "".join(
+        ns.nft("-a", "list", "table", family, name).stdout
+        for family, name in (("ip", "other"), ("inet", "filter"), ("inet", TABLE))
+    )
+
+
+def test_foreign_tables_survive_replace_and_delete_tables(netns: Netns) -> None:
+    netns.run("nft", "-f", "-", input=FOREIGN)
+    before = foreign_tables(netns)
+    dp = new_dataplane(netns)
+    dp.replace([WEB, DNS])
+    assert foreign_tables(netns) == before
+    dp.replace([API])
+    dp.apply([WEB], [API])
+    assert foreign_tables(netns) == before
+    dp.delete_tables()
+    assert foreign_tables(netns) == before
+    assert netns.ruleset().count("table ") == 3
+
+
+def test_a_dataplane_programs_only_the_namespace_it_was_created_in(
+    netns_pair: tuple[Netns, Netns],
+) -> None:
+    first, second = netns_pair
+    dp = new_dataplane(first)
+    baseline = second.ruleset()
+    # Called while this thread sits in the other namespace: the socket still belongs to A.
+    with entered(second):
+        dp.replace([WEB, DNS])
+        dp.apply([API], [DNS])
+    assert second.ruleset() == baseline == ""
+    assert_table_holds(read_table(first, "ip"), "ip", [WEB, API])
+    with entered(second):
+        dp.delete_tables()
+    assert read_table(first, "ip") is None
+    assert second.ruleset() == ""
+
+
+def test_delete_tables_removes_both_and_a_later_replace_works(programmed: Programmed) -> None:
+    ns, dp = programmed.ns, programmed.dp
+    dp.replace([WEB, svc("web", "fd00:96::10", [("fd00:244::10", 8080, 1)])])
+    dp.delete_tables()
+    assert ns.ruleset() == ""
+    dp.delete_tables()  # nothing there: still fine
+    with pytest.raises(ValueError, match="full sync first"):
+        dp.apply([WEB], [])
+    assert ns.ruleset() == ""
+    dp.replace([WEB])
+    assert_table_holds(read_table(ns, "ip"), "ip", [WEB])
+    dp.apply([API], [])
+    assert_table_holds(read_table(ns, "ip"), "ip", [WEB, API])
+
+
+def test_a_fresh_dataplane_deletes_tables_that_are_not_there(netns: Netns) -> None:
+    new_dataplane(netns).delete_tables()
+    assert netns.ruleset() == ""
+
+
+# ---- bad input ------------------------------------------------------------------------------
+
+GOOD_ARGS: dict[str, Any] = {
+    "namespace": "default",
+    "name": "web",
+    "port_name": "http",
+    "protocol": "tcp",
+    "family": 4,
+    "cluster_ip": "10.96.0.10",
+    "port": 80,
+    "endpoint_ips": ["10.244.0.10", "10.244.0.11"],
+    "endpoint_ports": [8080, 8080],
+    "weights": [1, 2],
+}
+
+# (id, changes to GOOD_ARGS, expected text in the message)
+BAD_SERVICE_PORTS: list[tuple[str, dict[str, Any], str]] = [
+    ("cluster IP not an address", {"cluster_ip": "10.96.0.300"}, "cluster IP \"10.96.0.300\""),
+    ("cluster IP garbage", {"cluster_ip": "web"}, "is not an IP address"),
+    ("cluster IP of the other family", {"cluster_ip": "fd00:96::1"}, "not an ip address"),
+    ("cluster IP unspecified", {"cluster_ip": "0.0.0.0"}, "unspecified"),
+    ("endpoint IP not an address", {"endpoint_ips": ["10.244.0.10", "10.244.0"]},
+     "endpoint address \"10.244.0\""),
+    ("endpoint IP with a zone", {"family": 6, "cluster_ip": "fd00:96::1",
+                                 "endpoint_ips": ["fe80::1%eth0", "fd00:244::1"]},
+     "is not an IP address"),
+    ("endpoint IP of the other family", {"endpoint_ips": ["10.244.0.10", "fd00:244::1"]},
+     "not a usable ip address"),
+    ("port 0", {"port": 0}, "port 0 is outside 1..65535"),
+    ("port 65536", {"port": 65536}, "port 65536 is outside 1..65535"),
+    ("port negative", {"port": -80}, "port -80 is outside 1..65535"),
+    ("endpoint port 0", {"endpoint_ports": [8080, 0]}, "port 0 is outside"),
+    ("endpoint port 65536", {"endpoint_ports": [65536, 8080]}, "port 65536 is outside"),
+    ("endpoint port negative", {"endpoint_ports": [8080, -1]}, "port -1 is outside"),
+    ("duplicate endpoints", {"endpoint_ips": ["10.244.0.10", "10.244.0.10"]}, "listed twice"),
+    ("empty namespace", {"namespace": ""}, "namespace is empty"),
+    ("empty name", {"name": ""}, "name is empty"),
+    ("name not a Kubernetes name", {"name": "Web_1"}, "not a Kubernetes name"),
+    ("unknown family", {"family": 5}, "IP family 5 is unknown"),
+    ("unknown protocol", {"protocol": "sctp"}, "protocol \"sctp\" is not supported"),
+    ("columns differ: ports", {"endpoint_ports": [8080]}, "endpoint columns differ in length"),
+    ("columns differ: weights", {"weights": [1, 2, 3]}, "endpoint columns differ in length"),
+    ("negative weight", {"weights": [1, -1]}, "weight -1, outside 0..4294967295"),
+    ("weight above 32 bits", {"weights": [1, 2**32]}, "outside 0..4294967295"),
+    ("all weights 0", {"weights": [0, 0]}, "all 2 weights are 0"),
+    ("weights overflow numgen", {"weights": [2**32 - 1, 1]}, "add up to more than"),
+    ("more than 100 000 endpoints", {
+        "endpoint_ips": [f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}" for i in range(1, 100_002)],
+        "endpoint_ports": [8080] * 100_001,
+        "weights": [1] * 100_001,
+    }, "100001 endpoints is more than the limit of 100000"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [pytest.param(changes, problem, id=ident) for ident, changes, problem in BAD_SERVICE_PORTS],
+)
+def test_bad_service_ports_raise_value_error_naming_the_service(
+    programmed: Programmed, changes: dict[str, Any], problem: str
+) -> None:
+    args = {**GOOD_ARGS, **changes}
+    before = programmed.ns.ruleset()
+    with pytest.raises(ValueError) as info:
+        programmed.dp.replace([API, ServicePort(**args)])
+    message = str(info.value)
+    assert message.startswith(f"service {args['namespace']}/{args['name']}:http"), message
+    assert problem in message
+    assert programmed.ns.ruleset() == before
+
+
+def test_limits_that_hold_exactly_are_accepted() -> None:
+    many = 100_000
+    service = ServicePort(
+        **{
+            **GOOD_ARGS,
+            "endpoint_ips": [f"10.{i >> 16}.{i >> 8 & 255}.{i & 255}" for i in range(1, many + 1)],
+            "endpoint_ports": [65535] * many,
+            "weights": [0] * (many - 1) + [2**32 - 1],
+        }
+    )
+    assert len(service.endpoint_ips) == many
+    assert ServicePort(**{**GOOD_ARGS, "port": 65535, "weights": [2**32 - 2, 1]}).port == 65535
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"port": 2**64},
+        {"family": -(2**70)},
+        {"endpoint_ports": [8080, 2**64]},
+        {"weights": [1, 2**64]},
+    ],
+)
+def test_huge_integers_are_a_value_error_too(changes: dict[str, Any]) -> None:
+    """Beyond 64 bits too: a ValueError naming the service, not an OverflowError."""
+    with pytest.raises(ValueError, match="service default/web:http"):
+        ServicePort(**{**GOOD_ARGS, **changes})
+
+
+SyncCall = Callable[[Dataplane], object]
+WEB_AGAIN = svc("web", "10.96.0.10", [("10.244.0.99", 8080, 1)])
+CLAIMS_WEB_IP = svc("other", "10.96.0.10", [("10.244.0.98", 80, 1)])
+
+# (id, call on a Dataplane holding WEB, METRICS, DNS, API; expected text)
+BAD_SYNCS: list[tuple[str, SyncCall, str]] = [
+    ("replace: same service twice", lambda dp: dp.replace([WEB, API, WEB_AGAIN]),
+     "service default/web:http (tcp ip) is given twice"),
+    ("replace: two services claim one ClusterIP:port", lambda dp: dp.replace([WEB, CLAIMS_WEB_IP]),
+     "both claim 10.96.0.10 port 80/tcp"),
+    ("apply: upsert claims a programmed ClusterIP:port", lambda dp: dp.apply([CLAIMS_WEB_IP], []),
+     "both claim 10.96.0.10 port 80/tcp"),
+    ("apply: updated and removed at once", lambda dp: dp.apply([WEB_AGAIN], [WEB]),
+     "service default/web:http (tcp ip) is both updated and removed"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("call", "problem"),
+    [pytest.param(call, problem, id=ident) for ident, call, problem in BAD_SYNCS],
+)
+def test_bad_syncs_raise_value_error_and_send_nothing(
+    programmed: Programmed, call: SyncCall, problem: str
+) -> None:
+    before = full_ruleset(programmed.ns)
+    with pytest.raises(ValueError) as info:
+        call(programmed.dp)
+    assert problem in str(info.value)
+    assert full_ruleset(programmed.ns) == before
+    # The Dataplane's own view is intact: a no-op apply still sends nothing.
+    assert programmed.dp.apply(programmed.services, [])["messages"] == 0
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda dp: dp.apply([WEB_AGAIN, WEB_AGAIN], []), id="changed twice"),
+        pytest.param(lambda dp: dp.apply([], [WEB, WEB]), id="removed twice"),
+        pytest.param(lambda dp: dp.apply([WEB, WEB_AGAIN], []), id="unchanged and changed"),
+    ],
+)
+def test_apply_names_a_service_given_twice(programmed: Programmed, call: SyncCall) -> None:
+    """Also when one copy equals what is programmed: conflicting input is refused."""
+    before = full_ruleset(programmed.ns)
+    with pytest.raises(ValueError, match=r"service default/web:http \(tcp ip\) is given twice"):
+        call(programmed.dp)
+    assert full_ruleset(programmed.ns) == before
+
+
+def test_apply_before_any_replace_is_refused(netns: Netns) -> None:
+    with pytest.raises(ValueError, match="needs a full sync first"):
+        new_dataplane(netns).apply([WEB], [])
+    assert netns.ruleset() == ""
+
+
+# ---- kernel rejections ----------------------------------------------------------------------
+
+
+@dataclass
+class Rejection:
+    """Something an operator does with nft, then a sync the kernel must refuse."""
+
+    tamper: str
+    call: SyncCall
+    code: int
+    object: str
+
+
+REJECTIONS = {
+    # A rule in waolb's table jumps to a service chain: deleting that chain is EBUSY.
+    "chain still referenced": Rejection(
+        f"add rule ip {TABLE} services jump {chain_of(WEB)}",
+        lambda dp: dp.apply([], [WEB]),
+        errno.EBUSY,
+        "delete chain for service default/web:http (tcp ip)",
+    ),
+    # The same, reached by endpoints going away (the chain goes, the element moves).
+    "chain referenced when endpoints go": Rejection(
+        f"add rule ip {TABLE} services jump {chain_of(API)}",
+        lambda dp: dp.apply([svc("api", "10.96.0.1", [])], []),
+        errno.EBUSY,
+        "delete chain for service default/api:http (tcp ip)",
+    ),
+    # An element with the new service's key already maps somewhere else: EEXIST.
+    "conflicting map element": Rejection(
+        f"add element ip {TABLE} service-ips {{ 10.96.0.99 . tcp . 80 : goto reject-chain }}",
+        lambda dp: dp.apply([svc("new", "10.96.0.99", [("10.244.0.5", 80, 1)])], []),
+        errno.EEXIST,
+        "add map element for service default/new:http (tcp ip)",
+    ),
+    # The table was deleted behind waolb's back: the service chain is gone, ENOENT.
+    "table deleted": Rejection(
+        f"delete table ip {TABLE}",
+        lambda dp: dp.apply([WEB_AGAIN], []),
+        errno.ENOENT,
+        "flush chain for service default/web:http (tcp ip)",
+    ),
+    # Only the ip6 half fails; the ip half must not be committed either.
+    "other family fails": Rejection(
+        f"delete table ip6 {TABLE}",
+        lambda dp: dp.apply(
+            [WEB_AGAIN, svc("web6", "fd00:96::10", [("fd00:244::10", 8080, 1)])], []
+        ),
+        errno.ENOENT,
+        "add chain for service default/web6:http (tcp ip6)",
+    ),
+}
+
+
+# Runs in its own process (under `ip netns exec`), so that a hang has a time limit.
+FLOOD_SCRIPT = r"""
+import subprocess, sys
+from waolb._native import Dataplane, NftError, ServicePort
+
+count = int(sys.argv[1])
+
+def services(weight):
+    return [
+        ServicePort("default", f"s{i}", "http", "tcp", 4, f"10.96.{i // 250}.{i % 250 + 1}", 80,
+                    [f"10.244.{i // 200}.{i % 200 + 1}", "10.245.0.1", "10.245.0.2"],
+                    [8080] * 3, [1, weight, 3])
+        for i in range(count)
+    ]
+
+dp = Dataplane()
+dp.replace(services(1))
+subprocess.run(["nft", "flush", "ruleset"], check=True)
+try:
+    dp.apply(services(2), [])
+except NftError as error:
+    print(f"NftError {error.errno} {error.object}")
+"""
+
+
+def test_a_flood_of_kernel_errors_is_reported_not_waited_for_forever(netns: Netns) -> None:
+    """After `nft flush ruleset` (a firewall reload), a partial sync of 12 000 services
+    fails in every one of its ~48 000 messages; the kernel reports each failure."""
+    proc = netns.popen(sys.executable, "-c", FLOOD_SCRIPT, "12000")
+    try:
+        out, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        stop_process(proc)
+        pytest.fail("the apply did not return within 10 s (blocked in netlink recv)")
+    assert proc.returncode == 0, err
+    assert out.strip() == "NftError 2 flush chain for service default/s0:http (tcp ip)"
+
+
+@pytest.mark.parametrize("case", list(REJECTIONS.values()), ids=list(REJECTIONS))
+def test_kernel_rejection_changes_nothing_and_replace_recovers(
+    programmed: Programmed, case: Rejection
+) -> None:
+    ns, dp = programmed.ns, programmed.dp
+    ns.nft(*case.tamper.split())
+    before = ns.ruleset()
+    before_handles = full_ruleset(ns)
+    with pytest.raises(NftError) as info:
+        case.call(dp)
+    error = info.value
+    assert isinstance(error, OSError)
+    assert error.errno == case.code, error
+    assert error.object == case.object
+    assert case.object in str(error) and "unchanged" in str(error)
+    assert ns.ruleset() == before
+    assert full_ruleset(ns) == before_handles
+    # A full sync rebuilds everything, the operator's additions included.
+    dp.replace(programmed.services)
+    assert_table_holds(read_table(ns, "ip"), "ip", programmed.services)
+    assert_table_holds(read_table(ns, "ip6"), "ip6", [])
+    # ... and partial syncs work again from there.
+    dp.apply([WEB_AGAIN], [DNS])
+    assert_table_holds(read_table(ns, "ip"), "ip", [WEB_AGAIN, METRICS, API])
+
+
+def test_a_failed_apply_leaves_the_dataplane_able_to_retry(programmed: Programmed) -> None:
+    """After a rejection the Dataplane's view still matches the kernel: once the operator's
+    rule is gone, the same apply goes through."""
+    ns, dp = programmed.ns, programmed.dp
+    ns.nft("add", "rule", "ip", TABLE, "services", "jump", chain_of(WEB))
+    with pytest.raises(NftError):
+        dp.apply([], [WEB])
+    handle = read_table(ns, "ip").handles["services"][-1]  # type: ignore[union-attr]
+    ns.nft("delete", "rule", "ip", TABLE, "services", "handle", str(handle))
+    dp.apply([], [WEB])
+    assert_table_holds(read_table(ns, "ip"), "ip", [METRICS, DNS, API])

@@ -1,0 +1,393 @@
+"""The ``waolb`` process end to end: the fake API server in, kernel rules and real traffic out.
+
+Each test builds a "node" network namespace with pods (tests/netns.py), starts the test API
+server listening inside the node namespace (its socket is created there), and runs ``waolb``
+in the node namespace with kube-proxy's flags, as a DaemonSet would. Traffic to cluster IPs
+goes from the node namespace to the pods' servers, which answer with their pod name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubeapi import ENDPOINT_SLICES, NODES, SERVICES, KubeApiServer
+from netns import (
+    SERVER_PORT,
+    Cluster,
+    cluster,
+    entered,
+    exchange,
+    requires_netns,
+    stop_process,
+    wait_until,
+)
+
+pytestmark = requires_netns
+
+WAOLB = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "waolb"
+NODE = "node-a"
+WEB_IP = "10.96.0.10"
+API_IP = "10.96.0.11"
+PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
+
+
+def service(
+    name: str,
+    cluster_ip: str,
+    *,
+    labels: dict[str, str] | None = None,
+    protocol: str = "TCP",
+    port: int = 80,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "default", "labels": labels or {}},
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": cluster_ip,
+            "clusterIPs": [cluster_ip],
+            "ipFamilies": ["IPv4"],
+            "ports": [
+                {"name": "http", "protocol": protocol, "port": port, "targetPort": SERVER_PORT}
+            ],
+        },
+    }
+
+
+def endpoint_slice(
+    name: str,
+    service_name: str,
+    ready: dict[str, bool],
+    *,
+    protocol: str = "TCP",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A slice of ``service_name`` with pods (by name, as in the test cluster) and readiness."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": service_name},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "protocol": protocol, "port": SERVER_PORT}],
+        "endpoints": [
+            {
+                "addresses": [f"10.244.0.{10 + int(pod.removeprefix('pod'))}"],
+                "conditions": {"ready": is_ready, "serving": is_ready, "terminating": False},
+                "nodeName": NODE,
+            }
+            for pod, is_ready in ready.items()
+        ],
+        **(extra or {}),
+    }
+
+
+@dataclass
+class Proxy:
+    """A running ``waolb`` process and where it logs."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def logs(self) -> list[dict[str, Any]]:
+        lines = self.log_path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        return [entry for entry in self.logs() if entry.get("event") == event]
+
+
+@dataclass
+class Environment:
+    cluster: Cluster
+    api: KubeApiServer
+    workdir: Path
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def node(self) -> str:
+        return self.cluster.node.name
+
+    def start_proxy(self, *flags: str, proxy_name: str | None = None) -> Proxy:
+        log_path = self.workdir / f"waolb-{len(list(self.workdir.iterdir()))}.log"
+        env = {k: v for k, v in os.environ.items() if k != "WAO_SERVICE_PROXY_NAME"}
+        if proxy_name is not None:
+            env["WAO_SERVICE_PROXY_NAME"] = proxy_name
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                [
+                    "ip", "netns", "exec", self.node, str(WAOLB),
+                    f"--master={self.api.url}",
+                    f"--hostname-override={NODE}",
+                    "--iptables-min-sync-period=100ms",
+                    "--log-format=json",
+                    "--v=2",
+                    *flags,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )  # fmt: skip
+        self.processes.append(process)
+        return Proxy(process, log_path)
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            stop_process(process, grace=10.0)  # type: ignore[arg-type]
+
+    def traffic(self, ip: str, *, count: int = 200, proto: str = "tcp") -> dict[str, int]:
+        result = exchange(self.cluster.node, ip, 80, proto=proto, count=count, timeout=1.0)
+        return result.counts
+
+    def http(self, port: int, path: str) -> tuple[int, bytes]:
+        """GET from inside the node namespace, where waolb's servers listen."""
+        with entered(self.cluster.node):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                    return r.status, r.read()
+            except urllib.error.HTTPError as error:
+                return error.code, error.read()
+            except OSError:
+                return 0, b""
+
+    def ruleset(self) -> str:
+        return self.cluster.node.ruleset()
+
+
+@pytest.fixture
+def env() -> Iterator[Environment]:
+    with (
+        cluster(pods=3) as test_cluster,
+        tempfile.TemporaryDirectory(prefix="waolb-e2e-") as workdir,
+    ):
+        api = KubeApiServer(bookmark_interval=0.2, future_wait=0.5)
+        # The listening socket is created inside the node namespace, where waolb runs.
+        with entered(test_cluster.node):
+            api.start()
+        environment = Environment(test_cluster, api, Path(workdir))
+        try:
+            yield environment
+        finally:
+            environment.stop_all()
+            api.stop()
+
+
+def wait_for_traffic(env: Environment, ip: str, pods: set[str], **kwargs: Any) -> dict[str, int]:
+    def probe() -> dict[str, int] | None:
+        counts = env.traffic(ip, **kwargs)
+        return counts if set(counts) == pods else None
+
+    return wait_until(probe, timeout=20, interval=0.2, what=f"traffic to {ip} reaching {pods}")
+
+
+def test_services_are_programmed_and_follow_endpoint_changes(env: Environment) -> None:
+    env.api.create(service("web", WEB_IP))
+    env.api.create(endpoint_slice("web-a", "web", {"pod0": True, "pod1": True}))
+    proxy = env.start_proxy()
+
+    counts = wait_for_traffic(env, WEB_IP, {"pod0", "pod1"})
+    assert min(counts.values()) > 40, counts
+    assert "table ip wao-loadbalancer" in env.ruleset()
+
+    # A second slice of the same service adds an endpoint (a partial sync).
+    env.api.create(endpoint_slice("web-b", "web", {"pod2": True}))
+    wait_for_traffic(env, WEB_IP, {"pod0", "pod1", "pod2"})
+
+    # Not ready any more: left out.
+    env.api.update(endpoint_slice("web-a", "web", {"pod0": False, "pod1": True}))
+    wait_for_traffic(env, WEB_IP, {"pod1", "pod2"})
+
+    # No endpoint left at all: connections are rejected, not black-holed.
+    env.api.delete(ENDPOINT_SLICES, "web-b", "default")
+    env.api.update(endpoint_slice("web-a", "web", {"pod0": False, "pod1": False}))
+    refused = wait_until(
+        lambda: exchange(env.cluster.node, WEB_IP, 80, count=5, timeout=1.0).errors.get(
+            "ECONNREFUSED"
+        ),
+        timeout=20,
+        what="connections refused",
+    )
+    assert refused == 5
+
+    # The service goes away: so do its rules.
+    env.api.delete(SERVICES, "web", "default")
+    wait_until(lambda: "default/web" not in env.ruleset(), timeout=20, what="rules removed")
+    assert proxy.process.poll() is None
+
+
+def test_udp_services_and_the_minimum_sync_period_flag(env: Environment) -> None:
+    env.api.create(service("dns", API_IP, protocol="UDP"))
+    env.api.create(endpoint_slice("dns-a", "dns", {"pod0": True, "pod2": True}, protocol="UDP"))
+    env.start_proxy()
+    counts = wait_for_traffic(env, API_IP, {"pod0", "pod2"}, proto="udp", count=100)
+    assert sum(counts.values()) == 100
+
+
+def test_health_and_metrics_servers(env: Environment) -> None:
+    env.api.create(service("web", WEB_IP))
+    env.api.create(endpoint_slice("web-a", "web", {"pod0": True}))
+    env.api.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}, "spec": {}})
+    env.start_proxy()
+    wait_for_traffic(env, WEB_IP, {"pod0"})
+
+    status, body = env.http(10256, "/healthz")
+    assert status == 200
+    assert json.loads(body)["nodeEligible"] is True
+    assert env.http(10256, "/livez")[0] == 200
+
+    text = env.http(10249, "/metrics")[1].decode()
+    assert "kubeproxy_sync_full_proxy_rules_duration_seconds_count 1.0" in text
+    assert "kubeproxy_sync_proxy_rules_service_changes_total 1.0" in text
+    weight = 'waolb_endpoint_weight{endpoint="10.244.0.10:8080",namespace="default",port="http",'
+    assert f'{weight}service="web"}} 1.0' in text
+    assert env.http(10249, "/proxyMode") == (200, b"nftables")
+
+    # The cluster autoscaler is about to delete the node: healthz fails, livez does not.
+    taint = {"key": "ToBeDeletedByClusterAutoscaler", "effect": "NoSchedule"}
+    env.api.patch(NODES, NODE, {"spec": {"taints": [taint]}})
+    wait_until(lambda: env.http(10256, "/healthz")[0] == 503, timeout=10, what="healthz 503")
+    assert env.http(10256, "/livez")[0] == 200
+
+
+def test_non_default_proxy_handles_only_its_labelled_services(env: Environment) -> None:
+    env.api.create(service("web", WEB_IP, labels={PROXY_NAME_LABEL: "wao-loadbalancer"}))
+    env.api.create(endpoint_slice("web-a", "web", {"pod0": True, "pod1": True}))
+    env.api.create(service("plain", API_IP))
+    env.api.create(endpoint_slice("plain-a", "plain", {"pod2": True}))
+    env.api.create(service("other", "10.96.0.12", labels={PROXY_NAME_LABEL: "someone-else"}))
+    env.api.create(endpoint_slice("other-a", "other", {"pod2": True}))
+    # The addresses in the flags are overridden in this mode, as upstream WAO-LB does.
+    env.start_proxy("--healthz-bind-address=127.0.0.1:1", proxy_name="wao-loadbalancer")
+
+    wait_for_traffic(env, WEB_IP, {"pod0", "pod1"})
+    rules = env.ruleset()
+    assert "default/web" in rules
+    assert "default/plain" not in rules
+    assert "default/other" not in rules
+    assert env.http(10356, "/healthz")[0] == 200
+    assert env.http(10349, "/proxyMode") == (200, b"nftables")
+    assert env.http(10256, "/healthz")[0] == 0  # nothing on kube-proxy's port
+
+    # Relabelling moves a Service in or out of this proxy's hands.
+    env.api.patch(
+        SERVICES,
+        "plain",
+        {"metadata": {"labels": {PROXY_NAME_LABEL: "wao-loadbalancer"}}},
+        "default",
+    )
+    wait_for_traffic(env, API_IP, {"pod2"})
+    env.api.patch(SERVICES, "web", {"metadata": {"labels": {PROXY_NAME_LABEL: None}}}, "default")
+    wait_until(lambda: "default/web" not in env.ruleset(), timeout=20, what="web released")
+
+
+def test_a_malformed_object_is_skipped_and_the_rest_keeps_working(env: Environment) -> None:
+    env.api.create(service("web", WEB_IP))
+    env.api.create(endpoint_slice("web-a", "web", {"pod0": True}))
+    env.api.create(service("api", API_IP))
+    broken = endpoint_slice("api-a", "api", {"pod1": True})
+    broken["endpoints"][0]["addresses"] = ["10.244.0.300"]
+    env.api.create(broken)
+    proxy = env.start_proxy()
+
+    wait_for_traffic(env, WEB_IP, {"pod0"})
+    wait_until(
+        lambda: proxy.events("skipping a malformed object"), timeout=10, what="the error logged"
+    )
+    (logged,) = proxy.events("skipping a malformed object")
+    assert (logged["kind"], logged["namespace"], logged["name"]) == (
+        "EndpointSlice",
+        "default",
+        "api-a",
+    )
+    assert "10.244.0.300" in logged["problem"]
+
+    env.api.update(endpoint_slice("api-a", "api", {"pod1": True}))
+    wait_for_traffic(env, API_IP, {"pod1"})
+    assert len(proxy.events("skipping a malformed object")) == 1
+
+
+def test_sigterm_leaves_the_rules_and_cleanup_removes_them(env: Environment) -> None:
+    env.api.create(service("web", WEB_IP))
+    env.api.create(endpoint_slice("web-a", "web", {"pod0": True, "pod1": True}))
+    proxy = env.start_proxy()
+    wait_for_traffic(env, WEB_IP, {"pod0", "pod1"})
+
+    proxy.process.send_signal(signal.SIGTERM)
+    assert proxy.process.wait(timeout=15) == 0
+    assert set(env.traffic(WEB_IP)) == {"pod0", "pod1"}  # rules stay, traffic flows
+
+    cleanup = env.cluster.node.run(str(WAOLB), "--cleanup", check=False)
+    assert cleanup.returncode == 0, cleanup.stderr
+    assert "wao-loadbalancer" not in env.ruleset()
+
+
+def test_an_api_server_restart_is_survived(env: Environment) -> None:
+    env.api.create(service("web", WEB_IP))
+    env.api.create(endpoint_slice("web-a", "web", {"pod0": True}))
+    proxy = env.start_proxy()
+    wait_for_traffic(env, WEB_IP, {"pod0"})
+
+    with entered(env.cluster.node):
+        env.api.restart()
+    # Rules stay while the watches reconnect, and later changes still arrive.
+    assert set(env.traffic(WEB_IP, count=20)) == {"pod0"}
+    env.api.update(endpoint_slice("web-a", "web", {"pod0": True, "pod2": True}))
+    wait_for_traffic(env, WEB_IP, {"pod0", "pod2"})
+    text = env.http(10249, "/metrics")[1].decode()
+    assert 'waolb_watch_restarts_total{kind="Service"' in text
+    assert proxy.process.poll() is None
+
+
+def test_a_kube_proxy_config_file_and_command_line(env: Environment) -> None:
+    config = env.workdir / "config.conf"
+    config.write_text(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\n"
+        "kind: KubeProxyConfiguration\n"
+        "mode: iptables\n"
+        "metricsBindAddress: 127.0.0.1:20249\n"
+        "healthzBindAddress: 127.0.0.1:20256\n"
+        "iptables:\n"
+        "  minSyncPeriod: 100ms\n"
+        "  syncPeriod: 10s\n"
+        "conntrack:\n"
+        "  maxPerCore: 0\n"
+    )
+    env.api.create(service("web", WEB_IP))
+    env.api.create(endpoint_slice("web-a", "web", {"pod1": True}))
+    # kubeadm's DaemonSet: --config and --hostname-override (start_proxy adds --master).
+    proxy = env.start_proxy(f"--config={config}", "--metrics-bind-address=127.0.0.1:1")
+    wait_for_traffic(env, WEB_IP, {"pod1"})
+    assert env.http(20249, "/proxyMode") == (200, b"nftables")
+    assert env.http(20256, "/healthz")[0] == 200
+    (warning,) = proxy.events("proxy mode is always nftables in waolb")
+    assert warning["configured_mode"] == "iptables"
+    (ignored,) = proxy.events("flags ignored because --config is given (as kube-proxy does)")
+    assert "--metrics-bind-address" in ignored["flags"]
+
+
+def test_an_invalid_config_file_stops_the_start(env: Environment) -> None:
+    config = env.workdir / "config.conf"
+    config.write_text(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
+        "nftables:\n  masqueradeBit: 40\n"
+    )
+    proxy = env.start_proxy(f"--config={config}")
+    assert proxy.process.wait(timeout=15) == 2
+    assert "nftables.masqueradeBit: 40 is not within [0, 31]" in proxy.log_path.read_text()
