@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from kubeapi import ENDPOINT_SLICES, NODES, SERVICES, KubeApiServer
+from kubeapi import ENDPOINT_SLICES, NODES, SERVICES, KubeApiServer, objects
 from netns import (
     SERVER_PORT,
     Cluster,
@@ -51,20 +51,15 @@ def service(
     protocol: str = "TCP",
     port: int = 80,
 ) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": "default", "labels": labels or {}},
-        "spec": {
-            "type": "ClusterIP",
-            "clusterIP": cluster_ip,
-            "clusterIPs": [cluster_ip],
-            "ipFamilies": ["IPv4"],
-            "ports": [
-                {"name": "http", "protocol": protocol, "port": port, "targetPort": SERVER_PORT}
-            ],
-        },
-    }
+    return objects.service(
+        name,
+        labels=labels,
+        cluster_ip=cluster_ip,
+        ports=(port,),
+        protocol=protocol,
+        port_name="http",
+        target_port=SERVER_PORT,
+    )
 
 
 def endpoint_slice(
@@ -76,26 +71,16 @@ def endpoint_slice(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A slice of ``service_name`` with pods (by name, as in the test cluster) and readiness."""
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": name,
-            "namespace": "default",
-            "labels": {"kubernetes.io/service-name": service_name},
-        },
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "protocol": protocol, "port": SERVER_PORT}],
-        "endpoints": [
-            {
-                "addresses": [f"10.244.0.{10 + int(pod.removeprefix('pod'))}"],
-                "conditions": {"ready": is_ready, "serving": is_ready, "terminating": False},
-                "nodeName": NODE,
-            }
-            for pod, is_ready in ready.items()
-        ],
-        **(extra or {}),
-    }
+    slice_ = objects.endpoint_slice(
+        name,
+        service_name,
+        addresses=[f"10.244.0.{10 + int(pod.removeprefix('pod'))}" for pod in ready],
+        ready=list(ready.values()),
+        node_name=NODE,
+        port=SERVER_PORT,
+        protocol=protocol,
+    )
+    return {**slice_, **(extra or {})}
 
 
 @dataclass

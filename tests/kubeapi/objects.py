@@ -24,7 +24,11 @@ def service(
     labels: Mapping[str, str] | None = None,
     cluster_ip: str = "10.96.0.10",
     ports: Sequence[int] = (80,),
+    protocol: str = "TCP",
+    port_name: str | None = None,
+    target_port: int | None = None,
 ) -> JsonObject:
+    """A ClusterIP Service; ports are named ``p<port>`` unless ``port_name`` names the one."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -35,7 +39,12 @@ def service(
             "clusterIPs": [cluster_ip],
             "ipFamilies": ["IPv4"],
             "ports": [
-                {"name": f"p{port}", "port": port, "protocol": "TCP", "targetPort": port}
+                {
+                    "name": port_name or f"p{port}",
+                    "port": port,
+                    "protocol": protocol,
+                    "targetPort": target_port or port,
+                }
                 for port in ports
             ],
         },
@@ -57,9 +66,13 @@ def endpoint_slice(
     namespace: str = "default",
     *,
     addresses: Sequence[str] = ("10.244.0.5",),
+    ready: Sequence[bool] | None = None,
     node_name: str = "node-a",
     port: int = 8080,
+    protocol: str = "TCP",
 ) -> JsonObject:
+    """A slice of ``service_name``; every endpoint is ready unless ``ready`` says otherwise."""
+    readiness = list(ready) if ready is not None else [True] * len(addresses)
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
@@ -68,13 +81,13 @@ def endpoint_slice(
         "endpoints": [
             {
                 "addresses": [address],
-                "conditions": {"ready": True, "serving": True, "terminating": False},
+                "conditions": {"ready": is_ready, "serving": is_ready, "terminating": False},
                 "nodeName": node_name,
                 "targetRef": {"kind": "Pod", "namespace": namespace, "name": f"pod-{index}"},
             }
-            for index, address in enumerate(addresses)
+            for index, (address, is_ready) in enumerate(zip(addresses, readiness, strict=True))
         ],
-        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        "ports": [{"name": "http", "port": port, "protocol": protocol}],
     }
 
 
