@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Final
 from urllib.parse import urlsplit
@@ -20,7 +20,9 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
 from waolb import logs
 from waolb.config import split_host_port
@@ -45,6 +47,50 @@ def _network_programming_buckets() -> list[float]:
 
 
 SYNC_BUCKETS: Final = _exponential_buckets(0.001, 2, 15)
+
+
+class _EndpointWeights(Collector):
+    """``waolb_endpoint_weight``, built when scraped from the ports last programmed.
+
+    Recording a port costs one dictionary entry on the sync path whatever its endpoint count
+    (100 000 labelled gauge children cost seconds after a large full sync); the series are
+    produced only when someone asks for them.
+    """
+
+    def __init__(self) -> None:
+        self._ports: dict[ServicePortKey, tuple[str, Sequence[EndpointInfo], Sequence[int]]] = {}
+        self._lock = threading.Lock()
+
+    def record(
+        self,
+        key: ServicePortKey,
+        port_label: str,
+        endpoints: Sequence[EndpointInfo],
+        weights: Sequence[int],
+    ) -> None:
+        if len(endpoints) != len(weights):
+            raise ValueError(f"{len(endpoints)} endpoints but {len(weights)} weights")
+        with self._lock:
+            self._ports[key] = (port_label, endpoints, weights)
+
+    def forget(self, key: ServicePortKey) -> None:
+        with self._lock:
+            self._ports.pop(key, None)
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "waolb_endpoint_weight",
+            "Programmed weight of an endpoint within its service port (0: left out)",
+            labels=["namespace", "service", "port", "endpoint"],
+        )
+        with self._lock:
+            ports = list(self._ports.items())
+        for key, (port_label, endpoints, weights) in ports:
+            for endpoint, weight in zip(endpoints, weights, strict=True):
+                family.add_metric(
+                    [key.namespace, key.name, port_label, _endpoint_label(endpoint)], weight
+                )
+        yield family
 
 
 class ProxyMetrics:
@@ -108,12 +154,8 @@ class ProxyMetrics:
         self.livez_responses = Counter(
             "kubeproxy_livez_total", "Cumulative proxy livez HTTP status", ["code"], registry=r
         )
-        self.endpoint_weight = Gauge(
-            "waolb_endpoint_weight",
-            "Programmed weight of an endpoint within its service port (0: left out)",
-            ["namespace", "service", "port", "endpoint"],
-            registry=r,
-        )
+        self._endpoint_weights = _EndpointWeights()
+        r.register(self._endpoint_weights)
         self.scoring_duration = Histogram(
             "waolb_scoring_duration_seconds",
             "Time a weight provider took to score the services it scores",
@@ -137,8 +179,6 @@ class ProxyMetrics:
             buckets=_exponential_buckets(1, 4, 12),
             registry=r,
         )
-        self._weight_labels: dict[ServicePortKey, set[tuple[str, str, str, str]]] = {}
-        self._weight_lock = threading.Lock()
 
     def record_weights(
         self,
@@ -147,22 +187,11 @@ class ProxyMetrics:
         endpoints: Sequence[EndpointInfo],
         weights: Sequence[int],
     ) -> None:
-        """Publish a programmed port's weights, dropping endpoints it no longer has."""
-        labels = {
-            (key.namespace, key.name, port_label, _endpoint_label(endpoint)): weight
-            for endpoint, weight in zip(endpoints, weights, strict=True)
-        }
-        with self._weight_lock:
-            for stale in self._weight_labels.get(key, set()) - labels.keys():
-                self.endpoint_weight.remove(*stale)
-            for label_values, weight in labels.items():
-                self.endpoint_weight.labels(*label_values).set(weight)
-            self._weight_labels[key] = set(labels)
+        """Publish a programmed port's weights, replacing what it had before."""
+        self._endpoint_weights.record(key, port_label, endpoints, weights)
 
     def forget_weights(self, key: ServicePortKey) -> None:
-        with self._weight_lock:
-            for stale in self._weight_labels.pop(key, set()):
-                self.endpoint_weight.remove(*stale)
+        self._endpoint_weights.forget(key)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
