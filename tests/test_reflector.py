@@ -165,7 +165,7 @@ def test_initial_list_then_every_change(
     assert list_count(kube_api) == 1
 
 
-def test_a_large_list_is_read_in_pages_of_one_snapshot(
+def test_the_first_list_reads_the_cache_and_relists_read_pages_of_one_snapshot(
     kube_api: KubeApiServer, start_reflector: StartReflector
 ) -> None:
     for index in range(5):
@@ -173,9 +173,18 @@ def test_a_large_list_is_read_in_pages_of_one_snapshot(
     _, handler = start_reflector(ENDPOINT_SLICES, page_size=2)
     assert handler.names() == {f"web-{index}" for index in range(5)}
     lists = kube_api.requests(verb="list", path=ENDPOINT_SLICES.collection_path)
-    assert [request.query.get("limit") for request in lists] == ["2", "2", "2"]
-    assert ["continue" in request.query for request in lists] == [False, True, True]
+    # One response from the API server's watch cache, as client-go's first list.
+    assert [(r.query.get("resourceVersion"), r.query.get("limit")) for r in lists] == [("0", None)]
     assert handler.objects[("default", "web-0")]["kind"] == "EndpointSlice"
+
+    # History expired: the relist is a consistent read, in pages of one snapshot.
+    kube_api.create(endpoint_slice("web-5", "web"))
+    kube_api.expire_watches(ENDPOINT_SLICES)
+    assert wait_until(lambda: sum(call[0] == "replace" for call in handler.calls) == 2)
+    relists = kube_api.requests(verb="list", path=ENDPOINT_SLICES.collection_path)[1:]
+    assert [request.query.get("limit") for request in relists] == ["2", "2", "2"]
+    assert ["continue" in request.query for request in relists] == [False, True, True]
+    assert handler.names() == {f"web-{index}" for index in range(6)}
 
 
 def test_label_selector_for_a_named_proxy_is_applied_by_the_server(

@@ -231,8 +231,13 @@ class Reflector(threading.Thread):
     def _list_and_replace(self) -> None:
         items: list[JsonObject] = []
         continue_token: str | None = None
+        # The first list reads the API server's watch cache in one response (resourceVersion
+        # 0), as client-go's reflectors do; the watch that follows catches up from there.
+        # Relists, after history expired, read consistently in pages.
+        from_cache = not self.synced.is_set()
         while True:
-            query = [*self._selector_query(), ("limit", str(self.page_size))]
+            query = [*self._selector_query()]
+            query.append(("resourceVersion", "0") if from_cache else ("limit", str(self.page_size)))
             if continue_token:
                 query.append(("continue", continue_token))
             with self._get(query, read_timeout=self.request_timeout) as response:
