@@ -73,6 +73,27 @@ def main(source: Path, target: Path) -> None:
         "MiB",
         None if rss is None else rss < 200 * 1e6 / 2**20,
     )
+    initial = mean(benches, "test_initial_sync_10000")
+    check(
+        "initial sync of 10 000 services / 100 000 endpoints < 3 s",
+        initial,
+        "s",
+        None if initial is None else initial < 3.0,
+    )
+    proxy_rss = benches.get("test_initial_sync_10000", {}).get("extra_info", {}).get("peak_rss_mib")
+    check(
+        "peak RSS of waolb after the initial sync < 400 MB",
+        proxy_rss,
+        "MiB",
+        None if proxy_rss is None else proxy_rss < 400 * 1e6 / 2**20,
+    )
+    change = mean(benches, "test_endpoint_slice_change_10000")
+    check(
+        "EndpointSlice change to kernel < 50 ms",
+        change and change * 1000,
+        "ms",
+        None if change is None else change < 0.050,
+    )
 
     summary = {
         "machine_info": json.loads(source.read_text()).get("machine_info", {}),
