@@ -170,14 +170,17 @@ def test_nft_text_waolb_layout(
     nft_load(benchmark, namespace, text, tmp_path)
 
 
+# VmHWM, not ru_maxrss: ru_maxrss survives exec, so a child forked from a large pytest
+# process would report the parent's size; VmHWM belongs to the new address space.
 PEAK_RSS_SCRIPT = textwrap.dedent(
     """
-    import resource, sys
+    import sys
     sys.path[:0] = {paths!r}
     from test_bench_dataplane import make_services
     from waolb._native import Dataplane
     Dataplane().replace(make_services(10_000))
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    status = open("/proc/self/status").read()
+    print(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
     """
 )
 
