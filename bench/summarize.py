@@ -9,104 +9,97 @@ import sys
 from pathlib import Path
 from typing import Any
 
+MB_IN_MIB = 1e6 / 2**20
 
-def load(path: Path) -> dict[str, dict[str, Any]]:
-    report = json.loads(path.read_text())
-    return {bench["fullname"].split("::")[-1]: bench for bench in report["benchmarks"]}
+# (target, benchmark, extra_info key or None for the mean in seconds, scale, unit, limit)
+TARGETS: list[tuple[str, str, str | None, float, str, float]] = [
+    ("full sync 10 000 x 10 < 1 s", "test_full_sync_10000", None, 1, "s", 1.0),
+    ("partial sync, 1 of 10 000 < 5 ms", "test_partial_sync_one_of_10000", None, 1e3, "ms", 5),
+    ("weights for 100 000 endpoints < 10 ms", "test_native_from_array", None, 1e3, "ms", 10),
+    (
+        "peak RSS of the 10 000-service sync < 200 MB",
+        "test_peak_rss_full_sync_10000",
+        "peak_rss_mib",
+        1,
+        "MiB",
+        200 * MB_IN_MIB,
+    ),
+    (
+        "initial sync of 10 000 services / 100 000 endpoints < 3 s",
+        "test_initial_sync_10000",
+        None,
+        1,
+        "s",
+        3.0,
+    ),
+    (
+        "peak RSS of waolb after the initial sync < 400 MB",
+        "test_initial_sync_10000",
+        "peak_rss_mib",
+        1,
+        "MiB",
+        400 * MB_IN_MIB,
+    ),
+    (
+        "EndpointSlice change to kernel < 50 ms",
+        "test_endpoint_slice_change_10000",
+        None,
+        1e3,
+        "ms",
+        50,
+    ),
+]
+# (baseline benchmark, waolb benchmark, services, minimum ratio or None)
+RATIOS: list[tuple[str, str, int, float | None]] = [
+    ("test_nft_text_kube_proxy_layout[1000]", "test_full_sync_1000", 1000, None),
+    ("test_nft_text_waolb_layout[1000]", "test_full_sync_1000", 1000, None),
+    ("test_nft_text_kube_proxy_layout[3000]", "test_full_sync_3000", 3000, 20.0),
+    ("test_nft_text_waolb_layout[3000]", "test_full_sync_3000", 3000, None),
+]
 
 
-def mean(benches: dict[str, dict[str, Any]], name: str) -> float | None:
-    bench = benches.get(name)
-    return None if bench is None else float(bench["stats"]["mean"])
+def figure(bench: dict[str, Any] | None, key: str | None) -> float | None:
+    if bench is None:
+        return None
+    value = bench["stats"]["mean"] if key is None else bench["extra_info"].get(key)
+    return None if value is None else float(value)
 
 
 def main(source: Path, target: Path) -> None:
-    benches = load(source)
-    figures: dict[str, Any] = {
-        name: {
-            "mean_s": bench["stats"]["mean"],
-            "rounds": bench["stats"]["rounds"],
-            **bench["extra_info"],
-        }
-        for name, bench in sorted(benches.items())
-    }
-    checks: list[tuple[str, float | None, str, bool | None]] = []
-
-    def check(label: str, value: float | None, unit: str, ok: bool | None) -> None:
-        checks.append((label, value, unit, ok))
-
-    full_10k = mean(benches, "test_full_sync_10000")
-    check(
-        "full sync 10 000 x 10 < 1 s", full_10k, "s", None if full_10k is None else full_10k < 1.0
-    )
-    for count in (1000, 3000):
-        ours = mean(benches, f"test_full_sync_{count}")
-        for layout in ("kube_proxy", "waolb"):
-            text = mean(benches, f"test_nft_text_{layout}_layout[{count}]")
-            ratio = None if ours is None or text is None else text / ours
-            wanted = layout == "kube_proxy" and count == 3000
-            check(
-                f"nft -f ({layout} layout) / waolb at {count} services"
-                + (" >= 20" if wanted else ""),
-                ratio,
-                "x",
-                (ratio >= 20) if wanted and ratio is not None else None,
-            )
-    partial = mean(benches, "test_partial_sync_one_of_10000")
-    check(
-        "partial sync, 1 of 10 000 < 5 ms",
-        partial and partial * 1000,
-        "ms",
-        None if partial is None else partial < 0.005,
-    )
-    weights = mean(benches, "test_native_from_array")
-    check(
-        "weights for 100 000 endpoints < 10 ms",
-        weights and weights * 1000,
-        "ms",
-        None if weights is None else weights < 0.010,
-    )
-    rss = benches.get("test_peak_rss_full_sync_10000", {}).get("extra_info", {}).get("peak_rss_mib")
-    check(
-        "peak RSS of the 10 000-service sync < 200 MB",
-        rss,
-        "MiB",
-        None if rss is None else rss < 200 * 1e6 / 2**20,
-    )
-    initial = mean(benches, "test_initial_sync_10000")
-    check(
-        "initial sync of 10 000 services / 100 000 endpoints < 3 s",
-        initial,
-        "s",
-        None if initial is None else initial < 3.0,
-    )
-    proxy_rss = benches.get("test_initial_sync_10000", {}).get("extra_info", {}).get("peak_rss_mib")
-    check(
-        "peak RSS of waolb after the initial sync < 400 MB",
-        proxy_rss,
-        "MiB",
-        None if proxy_rss is None else proxy_rss < 400 * 1e6 / 2**20,
-    )
-    change = mean(benches, "test_endpoint_slice_change_10000")
-    check(
-        "EndpointSlice change to kernel < 50 ms",
-        change and change * 1000,
-        "ms",
-        None if change is None else change < 0.050,
-    )
+    report = json.loads(source.read_text())
+    benches = {bench["fullname"].split("::")[-1]: bench for bench in report["benchmarks"]}
+    rows: list[tuple[str, float | None, str, bool | None]] = []
+    for label, name, key, scale, unit, limit in TARGETS:
+        value = figure(benches.get(name), key)
+        value = None if value is None else value * scale
+        rows.append((label, value, unit, None if value is None else value < limit))
+    for baseline, ours, count, minimum in RATIOS:
+        text, native = figure(benches.get(baseline), None), figure(benches.get(ours), None)
+        ratio = None if text is None or native is None else text / native
+        layout = "kube-proxy" if "kube_proxy" in baseline else "waolb"
+        label = f"nft -f ({layout} layout) / waolb at {count} services"
+        met = None if minimum is None or ratio is None else ratio >= minimum
+        rows.append((label + (f" >= {minimum:g}" if minimum else ""), ratio, "x", met))
 
     summary = {
-        "machine_info": json.loads(source.read_text()).get("machine_info", {}),
-        "benchmarks": figures,
+        "machine_info": report.get("machine_info", {}),
+        "benchmarks": {
+            name: {
+                "mean_s": bench["stats"]["mean"],
+                "rounds": bench["stats"]["rounds"],
+                **bench["extra_info"],
+            }
+            for name, bench in sorted(benches.items())
+        },
         "targets": [
-            {"target": label, "value": value, "unit": unit, "met": ok}
-            for label, value, unit, ok in checks
+            {"target": label, "value": value, "unit": unit, "met": met}
+            for label, value, unit, met in rows
         ],
     }
     target.write_text(json.dumps(summary, indent=2) + "\n")
-    for label, value, unit, ok in checks:
+    for label, value, unit, met in rows:
         shown = "n/a" if value is None else f"{value:.3f} {unit}"
-        verdict = {True: "met", False: "MISSED", None: ""}[ok]
+        verdict = {True: "met", False: "MISSED", None: ""}[met]
         print(f"{label:<58} {shown:>14}  {verdict}")
 
 
