@@ -108,7 +108,6 @@ pub fn concat_type(types: &[u32]) -> u32 {
 pub const DATA_VERDICT: u32 = 0xffff_ff00;
 
 // Set flags.
-pub const SET_CONSTANT: u32 = 0x2;
 pub const SET_INTERVAL: u32 = 0x4;
 pub const SET_MAP: u32 = 0x8;
 pub const SET_TIMEOUT: u32 = 0x10;
@@ -139,7 +138,6 @@ pub const CMP_LT: u32 = 2;
 pub const BYTEORDER_HTON: u32 = 1;
 pub const NUMGEN_RANDOM: u32 = 1;
 pub const LOOKUP_INVERT: u32 = 1;
-pub const DYNSET_ADD: u32 = 0;
 pub const DYNSET_UPDATE: u32 = 1;
 
 pub const NAT_SNAT: u32 = 0;

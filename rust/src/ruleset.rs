@@ -19,7 +19,7 @@
 //!
 //! Chains live in a hash table in the kernel, so every object here costs O(1) to add.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -86,6 +86,9 @@ pub struct ServicePort {
     pub port: u16,
     pub endpoints: Vec<Endpoint>,
 }
+
+/// A map element's key within its family's table.
+type MapKey = (Family, Vec<u8>);
 
 /// What identifies a service port across syncs.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -192,7 +195,7 @@ impl ServicePort {
                 self.endpoints.len()
             ));
         }
-        let mut seen = std::collections::HashSet::with_capacity(self.endpoints.len());
+        let mut seen = HashSet::with_capacity(self.endpoints.len());
         for endpoint in &self.endpoints {
             if family_of(&endpoint.addr) != self.family || endpoint.addr.is_unspecified() {
                 return fail(format!(
@@ -231,6 +234,20 @@ impl ServicePort {
             self.name,
             self.protocol.name(),
             self.port_name
+        )
+    }
+
+    fn claim(&self) -> MapKey {
+        (self.family, self.map_key())
+    }
+
+    fn clash_with(&self, other: &ServiceId) -> String {
+        format!(
+            "{} and {other} both claim {} port {}/{}",
+            self.id(),
+            self.cluster_ip,
+            self.port,
+            self.protocol.name()
         )
     }
 
@@ -295,6 +312,9 @@ pub struct Ruleset {
     applied: HashMap<ServiceId, ServicePort>,
     /// How many programmed endpoints use each address: its hairpin element lives while > 0.
     hairpin_refs: HashMap<IpAddr, u32>,
+    /// Which service port holds each map key (address . protocol . port), so a partial sync
+    /// checks only the ports it changes for clashes.
+    claimed: HashMap<MapKey, ServiceId>,
     initialized: bool,
 }
 
@@ -384,16 +404,13 @@ impl Ruleset {
             masquerade_mark: 1 << masquerade_bit,
             applied: HashMap::new(),
             hairpin_refs: HashMap::new(),
+            claimed: HashMap::new(),
             initialized: false,
         })
     }
 
     pub fn table(&self) -> &str {
         &self.table
-    }
-
-    pub fn service_count(&self) -> usize {
-        self.applied.len()
     }
 
     fn table_ref(&self, family: Family) -> TableRef<'_> {
@@ -403,22 +420,16 @@ impl Ruleset {
         }
     }
 
-    fn check_unique(services: &[&ServicePort]) -> Result<(), String> {
-        let mut ids = HashMap::with_capacity(services.len());
-        let mut keys: HashMap<(Family, Vec<u8>), ServiceId> =
-            HashMap::with_capacity(services.len());
+    fn check_unique(services: &[ServicePort]) -> Result<(), String> {
+        let mut ids = HashSet::with_capacity(services.len());
+        let mut keys: HashMap<MapKey, ServiceId> = HashMap::with_capacity(services.len());
         for service in services {
             let id = service.id();
-            if ids.insert(id.clone(), ()).is_some() {
+            if !ids.insert(id.clone()) {
                 return Err(format!("{id} is given twice"));
             }
-            if let Some(other) = keys.insert((service.family, service.map_key()), id.clone()) {
-                return Err(format!(
-                    "{id} and {other} both claim {} port {}/{}",
-                    service.cluster_ip,
-                    service.port,
-                    service.protocol.name()
-                ));
+            if let Some(other) = keys.insert(service.claim(), id) {
+                return Err(service.clash_with(&other));
             }
         }
         Ok(())
@@ -433,7 +444,7 @@ impl Ruleset {
         for service in &services {
             service.validate()?;
         }
-        Self::check_unique(&services.iter().collect::<Vec<_>>())?;
+        Self::check_unique(&services)?;
         let mut writer = Writer {
             batch: Batch::new(first_seq),
             subjects: Vec::new(),
@@ -488,13 +499,13 @@ impl Ruleset {
         for service in &upsert {
             service.validate()?;
         }
-        let mut updated = std::collections::HashSet::with_capacity(upsert.len());
+        let mut updated = HashSet::with_capacity(upsert.len());
         for id in upsert.iter().map(ServicePort::id) {
             if !updated.insert(id.clone()) {
                 return Err(format!("{id} is given twice"));
             }
         }
-        let mut removed = std::collections::HashSet::with_capacity(remove.len());
+        let mut removed = HashSet::with_capacity(remove.len());
         for id in &remove {
             if updated.contains(id) {
                 return Err(format!("{id} is both updated and removed"));
@@ -511,20 +522,26 @@ impl Ruleset {
             .into_iter()
             .filter(|id| self.applied.contains_key(id))
             .collect();
-        // The result must stay free of address clashes.
-        let replaced: std::collections::HashSet<ServiceId> = upsert
+        // The result must stay free of address clashes: a changed port's key may be held
+        // by another changed port, or by a programmed one that keeps it.
+        let replaced: HashSet<ServiceId> = upsert
             .iter()
-            .map(|s| s.id())
+            .map(ServicePort::id)
             .chain(remove.iter().cloned())
             .collect();
-        let result: Vec<&ServicePort> = self
-            .applied
-            .iter()
-            .filter(|(id, _)| !replaced.contains(id))
-            .map(|(_, s)| s)
-            .chain(upsert.iter())
-            .collect();
-        Self::check_unique(&result)?;
+        let mut claims: HashMap<MapKey, ServiceId> = HashMap::with_capacity(upsert.len());
+        for service in &upsert {
+            let key = service.claim();
+            let holder = claims.get(&key).or_else(|| {
+                self.claimed
+                    .get(&key)
+                    .filter(|owner| !replaced.contains(owner))
+            });
+            if let Some(other) = holder {
+                return Err(service.clash_with(other));
+            }
+            claims.insert(key, service.id());
+        }
 
         let mut writer = Writer {
             batch: Batch::new(first_seq),
@@ -625,27 +642,33 @@ impl Ruleset {
     /// Records a batch the kernel committed.
     pub fn commit(&mut self, change: PendingChange) {
         if change.full {
-            self.applied.clear();
-            self.hairpin_refs.clear();
+            self.reset();
             self.initialized = true;
         }
         for id in change.remove {
             if let Some(old) = self.applied.remove(&id) {
-                self.release_hairpin(&old);
+                self.release(&old);
             }
         }
         for service in change.upsert {
             if let Some(old) = self.applied.remove(&service.id()) {
-                self.release_hairpin(&old);
+                self.release(&old);
             }
             for endpoint in service.endpoints.iter().filter(|e| e.weight > 0) {
                 *self.hairpin_refs.entry(endpoint.addr).or_default() += 1;
             }
+            self.claimed.insert(service.claim(), service.id());
             self.applied.insert(service.id(), service);
         }
     }
 
-    fn release_hairpin(&mut self, old: &ServicePort) {
+    /// Drops what a programmed service port held: its map key and its hairpin references.
+    fn release(&mut self, old: &ServicePort) {
+        // Another port of the same commit may have taken the key over already.
+        let key = old.claim();
+        if self.claimed.get(&key) == Some(&old.id()) {
+            self.claimed.remove(&key);
+        }
         for endpoint in old.endpoints.iter().filter(|e| e.weight > 0) {
             if let Some(count) = self.hairpin_refs.get_mut(&endpoint.addr) {
                 *count -= 1;
@@ -661,6 +684,7 @@ impl Ruleset {
     pub fn reset(&mut self) {
         self.applied.clear();
         self.hairpin_refs.clear();
+        self.claimed.clear();
         self.initialized = false;
     }
 
@@ -1016,6 +1040,9 @@ impl Ruleset {
             key.extend_from_slice(&addr_bytes(&addr));
             by_family.entry(family_of(&addr)).or_default().push(key);
         }
+        if by_family.is_empty() {
+            return;
+        }
         let subject = writer.subject(format!("set {HAIRPIN_ENDPOINTS}"));
         let action = if delete {
             "delete hairpin element"
@@ -1143,6 +1170,41 @@ mod tests {
         let (batch, _) = rules.prepare_partial(vec![changed], vec![], 1).unwrap();
         // flush + one rule; the map element and hairpin pair stay.
         assert_eq!(batch.summary.messages, 2);
+    }
+
+    #[test]
+    fn partial_sync_checks_clashes_against_the_ports_that_keep_their_address() {
+        let mut rules = Ruleset::new("t", 14).unwrap();
+        let a = service("a", "10.0.0.1", &[("10.1.0.1", 80, 1)]);
+        let b = service("b", "10.0.0.2", &[("10.1.0.2", 80, 1)]);
+        let (_, change) = rules.prepare_full(vec![a.clone(), b.clone()], 1).unwrap();
+        rules.commit(change);
+        let on_a = service("c", "10.0.0.1", &[]);
+        let err = rules
+            .prepare_partial(vec![on_a.clone()], vec![], 1)
+            .err()
+            .unwrap();
+        assert!(err.contains("both claim 10.0.0.1"), "{err}");
+        // An unchanged copy of `a` keeps its address too.
+        let err = rules
+            .prepare_partial(vec![a.clone(), on_a.clone()], vec![], 1)
+            .err()
+            .unwrap();
+        assert!(err.contains("both claim 10.0.0.1"), "{err}");
+        // Once `a` goes, or moves, its address is free; two ports may swap addresses.
+        assert!(rules
+            .prepare_partial(vec![on_a.clone()], vec![a.id()], 1)
+            .is_ok());
+        let (a_moved, b_moved) = (service("a", "10.0.0.2", &[]), service("b", "10.0.0.1", &[]));
+        let (_, change) = rules
+            .prepare_partial(vec![a_moved, b_moved], vec![], 1)
+            .unwrap();
+        rules.commit(change);
+        let err = rules
+            .prepare_partial(vec![service("c", "10.0.0.2", &[])], vec![], 1)
+            .err()
+            .unwrap();
+        assert!(err.contains("service default/a:http"), "{err}");
     }
 
     #[test]
