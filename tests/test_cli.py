@@ -86,6 +86,18 @@ def test_each_flag_sets_its_field(argv: list[str], field: str, value: object) ->
     assert flags_of(*argv) == {field: value}
 
 
+def test_wao_flags_are_waolb_settings() -> None:
+    command_line = parse_command_line(
+        ["--wao-scoring-interval=5s", "--wao-verify-tls", "true", "--wao-cpu-usage-format=Raw"]
+    )
+    assert command_line.waolb_flags == {
+        "scoring_interval": 5.0,
+        "verify_tls": True,
+        "cpu_usage_format": "Raw",
+    }
+    assert command_line.flags == {}
+
+
 def test_config_and_cleanup_are_not_configuration_fields() -> None:
     command_line = parse_command_line(["--config=/etc/kube-proxy/config.conf", "--cleanup"])
     assert command_line.config_file == "/etc/kube-proxy/config.conf"
@@ -136,6 +148,9 @@ def test_kube_proxy_flags_without_effect_are_accepted_and_reported() -> None:
         (["--hostname-override=  "], "argument --hostname-override: an empty hostname"),
         (["--kubeconfig"], "argument --kubeconfig: expected one argument"),
         (["positional"], "unrecognized arguments: positional"),
+        (["--wao-parallelism=0"], "argument --wao-parallelism: 0 is not a whole number"),
+        (["--wao-cpu-per-request=x"], 'argument --wao-cpu-per-request: "x" is not a CPU'),
+        (["--wao-default-policy=fast"], "argument --wao-default-policy: 'fast' is not one of"),
     ],
 )
 def test_bad_flags_exit_2_naming_the_flag(

@@ -411,3 +411,89 @@ def test_the_node_name_is_the_override_else_the_lowercased_os_hostname() -> None
     assert resolve_settings(ProxyConfig(), {}, lambda: " Worker-1 \n").node_name == "worker-1"
     with pytest.raises(ConfigError, match="cannot determine the node name"):
         resolve_settings(ProxyConfig(), {}, lambda: "")
+
+
+# ---- waolb's own settings ------------------------------------------------------------------
+
+
+def test_the_waolb_section_sets_every_wao_setting() -> None:
+    config = config_from_document(
+        {
+            **HEADER,
+            "waolb": {
+                "tableName": "wao-lb-2",
+                "defaultPolicy": "equal",
+                "metricsCacheTTL": "10s",
+                "predictorCacheTTL": "5m",
+                "requestTimeout": "1500ms",
+                "parallelism": 8,
+                "cpuPerRequest": "250m",
+                "cpuUsageFormat": "Raw",
+                "scoringInterval": "2s",
+                "minWeightChange": 0.1,
+                "verifyTLS": True,
+            },
+        }
+    )
+    assert config.waolb == WaolbSettings(
+        table_name="wao-lb-2",
+        default_policy="equal",
+        metrics_cache_ttl=10.0,
+        predictor_cache_ttl=300.0,
+        request_timeout=1.5,
+        parallelism=8,
+        cpu_per_request=0.25,
+        cpu_usage_format="Raw",
+        scoring_interval=2.0,
+        min_weight_change=0.1,
+        verify_tls=True,
+    )
+
+
+def test_wao_defaults_are_upstreams_constants() -> None:
+    wao = config_from_document(HEADER).waolb
+    assert (wao.table_name, wao.metrics_cache_ttl, wao.predictor_cache_ttl) == (
+        "wao-loadbalancer",
+        30.0,
+        1800.0,
+    )
+    assert (wao.request_timeout, wao.parallelism, wao.cpu_per_request) == (3.0, 64, 0.1)
+    assert (wao.cpu_usage_format, wao.verify_tls, wao.default_policy) == ("Percent", False, "wao")
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"metricsCacheTtl": "30s"}, "waolb.metricsCacheTtl: unknown setting"),
+        ({"metricsCacheTTL": 30}, "waolb.metricsCacheTTL: expected a duration string"),
+        ({"requestTimeout": "0s"}, 'waolb.requestTimeout: "0s" must be greater than 0'),
+        ({"parallelism": 0}, "waolb.parallelism: 0 is not a whole number from 1 to 1024"),
+        ({"parallelism": True}, "waolb.parallelism: True is not a whole number"),
+        ({"cpuPerRequest": "lots"}, 'waolb.cpuPerRequest: "lots" is not a CPU quantity'),
+        ({"cpuPerRequest": "-100m"}, 'waolb.cpuPerRequest: "-100m" must be a CPU quantity above'),
+        ({"cpuUsageFormat": "percent"}, "waolb.cpuUsageFormat: 'percent' is not one of Percent"),
+        ({"defaultPolicy": "rap"}, "waolb.defaultPolicy: 'rap' is not one of equal, wao"),
+        ({"minWeightChange": 1.5}, "waolb.minWeightChange: 1.5 is not a number from 0 to 1"),
+        ({"verifyTLS": "maybe"}, 'waolb.verifyTLS: "maybe" is not a boolean'),
+        ({"tableName": "bad name"}, "waolb.tableName: 'bad name' is not a table name"),
+    ],
+)
+def test_bad_wao_settings_name_the_field(section: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        config_from_document({**HEADER, "waolb": section})
+
+
+def test_a_waolb_section_that_is_not_an_object_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="waolb: expected an object, got list"):
+        config_from_document({**HEADER, "waolb": ["wao"]})
+
+
+def test_wao_flags_override_the_file_even_with_config(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
+        "waolb:\n  scoringInterval: 20s\n  parallelism: 4\n"
+    )
+    config = apply_flags({}, str(path), {"parallelism": 16})
+    assert (config.waolb.scoring_interval, config.waolb.parallelism) == (20.0, 16)
+    assert apply_flags({}, None, {"default_policy": "equal"}).waolb.default_policy == "equal"

@@ -21,7 +21,7 @@ from waolb.config import (
     FLAGS_APPLIED_WITH_CONFIG_FILE,
     HEALTHZ_PORT,
     METRICS_PORT,
-    TABLE_NAME,
+    WAOLB_SETTINGS,
     ConfigError,
     ProxyConfig,
     apply_flags,
@@ -29,6 +29,7 @@ from waolb.config import (
     parse_bind_ip,
     parse_cidrs,
     parse_duration,
+    parse_go_bool,
     parse_hostname,
     parse_node_port_addresses,
     parse_proxy_mode,
@@ -70,6 +71,7 @@ COMPATIBILITY_FLAGS: Final = {
     "log-flush-frequency": True,
 }
 _COMPATIBILITY_PREFIX: Final = "compatibility:"
+_WAOLB_PREFIX: Final = "waolb:"
 
 
 def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -82,15 +84,6 @@ def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
             raise argparse.ArgumentTypeError(str(error)) from None
 
     return convert
-
-
-def parse_go_bool(text: str) -> bool:
-    """Go's strconv.ParseBool, which pflag uses for --flag=value."""
-    if text in ("1", "t", "T", "true", "TRUE", "True"):
-        return True
-    if text in ("0", "f", "F", "false", "FALSE", "False"):
-        return False
-    raise ValueError(f'"{text}" is not a boolean (use true or false)')
 
 
 def _non_negative_int(text: str) -> int:
@@ -235,6 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
             f"{family}_min_sync_period",
         )
 
+    wao = parser.add_argument_group(
+        "waolb's own settings (override the config file's waolb section, even with --config)"
+    )
+    for setting in WAOLB_SETTINGS:
+        wao.add_argument(
+            f"--{setting.flag}",
+            dest=f"{_WAOLB_PREFIX}{setting.field}",
+            type=_argument_type(setting.parse),
+            metavar="VALUE",
+            help=setting.help,
+        )
+
     compatibility = parser.add_argument_group("kube-proxy flags without effect in waolb")
     for name, takes_value in COMPATIBILITY_FLAGS.items():
         dest = f"{_COMPATIBILITY_PREFIX}{name}"
@@ -269,6 +274,8 @@ class CommandLine:
     flag_names: dict[str, str]
     # kube-proxy flags given that waolb accepts but cannot honour.
     without_effect: tuple[str, ...]
+    # waolb's own settings given as --wao-* flags, by WaolbSettings field.
+    waolb_flags: dict[str, Any]
 
 
 def parse_command_line(argv: Sequence[str]) -> CommandLine:
@@ -278,6 +285,11 @@ def parse_command_line(argv: Sequence[str]) -> CommandLine:
     compatibility = [key for key in namespace if key.startswith(_COMPATIBILITY_PREFIX)]
     for key in compatibility:
         del namespace[key]
+    waolb_flags = {
+        key.removeprefix(_WAOLB_PREFIX): namespace.pop(key)
+        for key in list(namespace)
+        if key.startswith(_WAOLB_PREFIX)
+    }
     flag_names = {action.dest: action.option_strings[-1] for action in parser._actions}
     if "node_port_addresses" in namespace:
         namespace["node_port_addresses"] = tuple(namespace["node_port_addresses"])
@@ -287,6 +299,7 @@ def parse_command_line(argv: Sequence[str]) -> CommandLine:
         flags=namespace,
         flag_names={dest: flag_names[dest] for dest in namespace},
         without_effect=tuple(flag_names[key] for key in compatibility),
+        waolb_flags=waolb_flags,
     )
 
 
@@ -294,12 +307,13 @@ def cleanup(config: ProxyConfig) -> int:
     """``--cleanup``: delete waolb's tables (both families) and report."""
     from waolb._native import Dataplane  # noqa: PLC0415 - only needed here and in the proxier
 
+    table = config.waolb.table_name
     try:
-        Dataplane(TABLE_NAME, config.masquerade_bit).delete_tables()
+        Dataplane(table, config.masquerade_bit).delete_tables()
     except OSError as error:
-        log.error("cleanup failed", table=TABLE_NAME, error=str(error))
+        log.error("cleanup failed", table=table, error=str(error))
         return 1
-    log.info("deleted waolb's nftables tables", table=TABLE_NAME)
+    log.info("deleted waolb's nftables tables", table=table)
     return 0
 
 
@@ -320,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flags=sorted(command_line.flag_names[dest] for dest in overridden),
             )
     try:
-        config = apply_flags(command_line.flags, command_line.config_file)
+        config = apply_flags(command_line.flags, command_line.config_file, command_line.waolb_flags)
         logs.configure_logging(config.verbosity, config.log_format)
         if config.mode and config.mode != "nftables":
             log.warning("proxy mode is always nftables in waolb", configured_mode=config.mode)

@@ -55,12 +55,31 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message names the flag or file field."""
 
 
+POLICIES: Final = ("equal", "wao")
+CPU_USAGE_FORMATS: Final = ("Percent", "Raw")
+
+
 @dataclass(frozen=True)
 class WaolbSettings:
-    """waolb's own settings (the ``waolb`` section), beyond what kube-proxy's file carries.
+    """waolb's own settings: the file's top-level ``waolb`` section and the ``--wao-*`` flags.
 
-    Empty until the WAO integration adds its settings here.
+    Upstream WAO-LB hard-codes all of these; its values are the defaults.
     """
+
+    table_name: str = TABLE_NAME
+    # The policy of Services without the policy annotation.
+    default_policy: str = "wao"
+    metrics_cache_ttl: float = 30.0
+    predictor_cache_ttl: float = 1800.0
+    request_timeout: float = 3.0
+    parallelism: int = 64
+    cpu_per_request: float = 0.1  # cores
+    cpu_usage_format: str = "Percent"
+    scoring_interval: float = 10.0
+    # The smallest change of any endpoint's share of traffic (0-1) that re-programs a Service.
+    min_weight_change: float = 0.05
+    # Upstream skips verification: BMC and in-cluster predictors mostly have self-signed certs.
+    verify_tls: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,7 +119,10 @@ class ProxySettings:
     service_label_selector: str
     healthz_bind_address: str
     metrics_bind_address: str
-    table_name: str = TABLE_NAME
+
+    @property
+    def table_name(self) -> str:
+        return self.config.waolb.table_name
 
 
 # ---- value parsers shared by flags and the file -----------------------------------------
@@ -221,6 +243,190 @@ def default_bind_addresses(bind_address: str) -> tuple[str, str]:
     if ipaddress.ip_address(bind_address).version == 6:
         return f"[::]:{HEALTHZ_PORT}", f"[::1]:{METRICS_PORT}"
     return f"0.0.0.0:{HEALTHZ_PORT}", f"127.0.0.1:{METRICS_PORT}"
+
+
+def parse_go_bool(text: str) -> bool:
+    """Go's strconv.ParseBool, which pflag uses for --flag=value."""
+    if text in ("1", "t", "T", "true", "TRUE", "True"):
+        return True
+    if text in ("0", "f", "F", "false", "FALSE", "False"):
+        return False
+    raise ValueError(f'"{text}" is not a boolean (use true or false)')
+
+
+# ---- waolb's own settings: the file's ``waolb`` section and the --wao-* flags ---------------
+
+# nft accepts more, but these survive every shell and tool an operator pastes them into.
+_TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+
+
+def _table_name(value: object) -> str:
+    if not isinstance(value, str) or not _TABLE_NAME.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a table name (a letter, then up to 63 letters, digits, _ . -)"
+        )
+    return value
+
+
+def _positive_duration(value: object) -> float:
+    if not isinstance(value, str):
+        raise ValueError(f'expected a duration string such as "30s", got {value!r}')
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f'"{value}" must be greater than 0')
+    return seconds
+
+
+def _parallelism(value: object) -> int:
+    number = value if isinstance(value, int) and not isinstance(value, bool) else None
+    if isinstance(value, str) and value.strip().isdigit():
+        number = int(value)
+    if number is None or not 1 <= number <= 1024:
+        raise ValueError(f"{value} is not a whole number from 1 to 1024")
+    return number
+
+
+def parse_cpu_quantity(value: object) -> float:
+    """A Kubernetes CPU quantity ("100m", "0.5", "2") in cores; it must be above zero."""
+    # Lazy: the kubernetes package costs a third of a second, which --help need not pay.
+    from kubernetes.utils.quantity import parse_quantity  # noqa: PLC0415
+
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f'expected a CPU quantity such as "100m", got {value!r}')
+    try:
+        cores = float(parse_quantity(value))
+    except (ValueError, ArithmeticError):
+        raise ValueError(f'"{value}" is not a CPU quantity (e.g. "100m", "0.5")') from None
+    if not math.isfinite(cores) or cores <= 0:
+        raise ValueError(f'"{value}" must be a CPU quantity above zero')
+    return cores
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        if value not in options:
+            raise ValueError(f"{value!r} is not one of {', '.join(options)}")
+        return str(value)
+
+    return parse
+
+
+def _fraction(value: object) -> float:
+    try:
+        number = float(value) if isinstance(value, str | int | float) else math.nan
+    except ValueError:
+        number = math.nan
+    if isinstance(value, bool) or not 0 <= number <= 1:
+        raise ValueError(f"{value!r} is not a number from 0 to 1")
+    return number
+
+
+def _boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return parse_go_bool(value)
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+@dataclass(frozen=True)
+class WaolbSetting:
+    """One of waolb's settings: its field, its file key and flag, and how to read either."""
+
+    field: str
+    key: str
+    flag: str
+    parse: Callable[[object], Any]
+    help: str
+
+
+WAOLB_SETTINGS: Final = (
+    WaolbSetting("table_name", "tableName", "wao-table-name", _table_name, "nftables table name"),
+    WaolbSetting(
+        "default_policy",
+        "defaultPolicy",
+        "wao-default-policy",
+        _choice(POLICIES),
+        "policy of Services without the policy annotation: wao or equal",
+    ),
+    WaolbSetting(
+        "metrics_cache_ttl",
+        "metricsCacheTTL",
+        "wao-metrics-cache-ttl",
+        _positive_duration,
+        "how long node metrics are reused",
+    ),
+    WaolbSetting(
+        "predictor_cache_ttl",
+        "predictorCacheTTL",
+        "wao-predictor-cache-ttl",
+        _positive_duration,
+        "how long a prediction for the same inputs is reused",
+    ),
+    WaolbSetting(
+        "request_timeout",
+        "requestTimeout",
+        "wao-request-timeout",
+        _positive_duration,
+        "timeout of each metrics, Secret and predictor request",
+    ),
+    WaolbSetting(
+        "parallelism", "parallelism", "wao-parallelism", _parallelism, "concurrent predictor calls"
+    ),
+    WaolbSetting(
+        "cpu_per_request",
+        "cpuPerRequest",
+        "wao-cpu-per-request",
+        parse_cpu_quantity,
+        "CPU one more request costs, for Services without the annotation",
+    ),
+    WaolbSetting(
+        "cpu_usage_format",
+        "cpuUsageFormat",
+        "wao-cpu-usage-format",
+        _choice(CPU_USAGE_FORMATS),
+        "predictor CPU input: Percent of capacity or Raw cores",
+    ),
+    WaolbSetting(
+        "scoring_interval",
+        "scoringInterval",
+        "wao-scoring-interval",
+        _positive_duration,
+        "how often scores are recomputed",
+    ),
+    WaolbSetting(
+        "min_weight_change",
+        "minWeightChange",
+        "wao-min-weight-change",
+        _fraction,
+        "smallest change of an endpoint's traffic share (0-1) that re-programs a Service",
+    ),
+    WaolbSetting(
+        "verify_tls", "verifyTLS", "wao-verify-tls", _boolean, "verify predictors' TLS certificates"
+    ),
+)
+WAOLB_SECTION: Final = "waolb"
+
+
+def parse_waolb_section(section: object) -> dict[str, Any]:
+    """The file's ``waolb`` section as WaolbSettings fields; unknown keys are errors (typos)."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"{WAOLB_SECTION}: expected an object, got {_type_name(section)}")
+    by_key = {setting.key: setting for setting in WAOLB_SETTINGS}
+    values = {}
+    for key, value in section.items():
+        setting = by_key.get(key)
+        if setting is None:
+            raise ConfigError(
+                f"{WAOLB_SECTION}.{key}: unknown setting (known: {', '.join(by_key)})"
+            )
+        if value is None:
+            continue
+        try:
+            values[setting.field] = setting.parse(value)
+        except ValueError as error:
+            raise ConfigError(f"{WAOLB_SECTION}.{key}: {error}") from None
+    return values
 
 
 # ---- the KubeProxyConfiguration file -----------------------------------------------------
@@ -431,7 +637,10 @@ def load_config_file(path: str) -> ProxyConfig:
 
 def config_from_document(document: Mapping[str, Any]) -> ProxyConfig:
     """Build a ProxyConfig from a decoded KubeProxyConfiguration document."""
-    values = _flatten(document, _FILE_SCHEMA)
+    waolb_values = parse_waolb_section(document.get(WAOLB_SECTION) or {})
+    values = _flatten(
+        {key: value for key, value in document.items() if key != WAOLB_SECTION}, _FILE_SCHEMA
+    )
     if values.get("apiVersion") != API_VERSION:
         raise ConfigError(f'apiVersion: expected "{API_VERSION}", got {values.get("apiVersion")!r}')
     if values.get("kind") != KIND:
@@ -489,6 +698,7 @@ def config_from_document(document: Mapping[str, Any]) -> ProxyConfig:
         min_sync_period=min_sync_period,
         verbosity=verbosity,
         log_format=log_format or defaults.log_format,
+        waolb=WaolbSettings(**waolb_values),
     )
 
 
@@ -514,12 +724,25 @@ FLAGS_APPLIED_WITH_CONFIG_FILE: Final = frozenset(
 )
 
 
-def apply_flags(flags: Mapping[str, Any], config_file: str | None) -> ProxyConfig:
+def apply_flags(
+    flags: Mapping[str, Any],
+    config_file: str | None,
+    waolb_flags: Mapping[str, Any] | None = None,
+) -> ProxyConfig:
     """Resolve the configuration from explicitly set flags (by ProxyConfig field) and the file.
 
     ``flags`` holds only the flags given on the command line, already parsed and validated;
     the sync period flags arrive as ``iptables_sync_period`` and so on and are mapped by mode.
+    ``waolb_flags`` (by WaolbSettings field) override the file's ``waolb`` section: kube-proxy
+    has no such flags, so its rule of ignoring flags beside --config does not apply to them.
     """
+    config = _apply_kube_proxy_flags(flags, config_file)
+    if waolb_flags:
+        config = dataclasses.replace(config, waolb=dataclasses.replace(config.waolb, **waolb_flags))
+    return config
+
+
+def _apply_kube_proxy_flags(flags: Mapping[str, Any], config_file: str | None) -> ProxyConfig:
     if config_file is not None:
         base = load_config_file(config_file)
         kept = {name: flags[name] for name in FLAGS_APPLIED_WITH_CONFIG_FILE & set(flags)}
