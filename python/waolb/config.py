@@ -294,7 +294,7 @@ def parse_cpu_quantity(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f'expected a CPU quantity such as "100m", got {value!r}')
     try:
-        cores = float(parse_quantity(value))
+        cores = float(parse_quantity(value))  # type: ignore[no-untyped-call]
     except (ValueError, ArithmeticError):
         raise ValueError(f'"{value}" is not a CPU quantity (e.g. "100m", "0.5")') from None
     if not math.isfinite(cores) or cores <= 0:
