@@ -24,8 +24,9 @@ from kubernetes.client import (
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch import Watch
 
-from kubeapi import SERVICES, KubeApiServer, ResourceType
-from kubeapi.objects import endpoint_slice, node, secret, service
+from kubeapi import NODE_CONFIGS, NODE_METRICS, SERVICES, KubeApiServer
+from kubeapi.custom_metrics import adapter_quantity
+from kubeapi.objects import endpoint_slice, node, node_config, node_metrics, secret, service
 
 SERVICES_PATH = SERVICES.collection_path()
 
@@ -712,10 +713,7 @@ def test_discovery_follows_registered_resources(
     )
 
     # A custom resource plugs in with one registration and is served like any other.
-    node_configs = ResourceType(
-        "wao.bitmedia.co.jp", "v1beta1", "nodeconfigs", "NodeConfig", namespaced=True, custom=True
-    )
-    kube_api.register(node_configs)
+    kube_api.register(NODE_CONFIGS)
     groups = {g.name for g in ApisApi(kube_client).get_api_versions().groups}
     assert groups == {"discovery.k8s.io", "wao.bitmedia.co.jp"}
     custom = CustomObjectsApi(kube_client)
@@ -724,15 +722,236 @@ def test_discovery_follows_registered_resources(
         "v1beta1",
         "wao-system",
         "nodeconfigs",
-        {
-            "apiVersion": "wao.bitmedia.co.jp/v1beta1",
-            "kind": "NodeConfig",
-            "metadata": {"name": "node-a"},
-            "spec": {"nodeName": "node-a"},
-        },
+        node_config("wao-system", "node-a", "node-a", "http://10.0.0.1:8080/v2/models/m/infer"),
     )
     listed = custom.list_cluster_custom_object("wao.bitmedia.co.jp", "v1beta1", "nodeconfigs")
     assert listed["kind"] == "NodeConfigList"
     (item,) = listed["items"]
     # Unlike built-in types, custom resources keep apiVersion and kind on list items.
     assert (item["kind"], item["metadata"]["namespace"]) == ("NodeConfig", "wao-system")
+
+
+# What WAO scoring reads: NodeMetrics, NodeConfigs, custom metrics.
+
+CUSTOM_METRICS = "/apis/custom.metrics.k8s.io/v1beta2"
+
+
+def test_node_metrics_are_served_as_metrics_server_serves_them(
+    kube_api: KubeApiServer, kube_client: ApiClient
+) -> None:
+    kube_api.register(NODE_METRICS)
+    kube_api.create(node_metrics("node-b", "123456789n"))
+    kube_api.create(node_metrics("node-a", "250m", "2Gi"))
+    custom = CustomObjectsApi(kube_client)
+    listed = custom.list_cluster_custom_object("metrics.k8s.io", "v1beta1", "nodes")
+    assert (listed["kind"], listed["apiVersion"]) == ("NodeMetricsList", "metrics.k8s.io/v1beta1")
+    assert [item["metadata"]["name"] for item in listed["items"]] == ["node-a", "node-b"]
+    first = listed["items"][0]
+    assert "kind" not in first
+    assert first["usage"] == {"cpu": "250m", "memory": "2Gi"}
+    assert first["window"] == "15.004s"
+    assert time.strptime(first["timestamp"], "%Y-%m-%dT%H:%M:%SZ")
+    read = custom.get_cluster_custom_object("metrics.k8s.io", "v1beta1", "nodes", "node-b")
+    assert (read["kind"], read["usage"]["cpu"]) == ("NodeMetrics", "123456789n")
+    with pytest.raises(ApiException) as missing:
+        custom.get_cluster_custom_object("metrics.k8s.io", "v1beta1", "nodes", "node-c")
+    assert status_of(missing)["message"] == 'nodes.metrics.k8s.io "node-c" not found'
+
+
+def test_node_configs_are_listed_and_watched(
+    kube_api: KubeApiServer, kube_client: ApiClient
+) -> None:
+    kube_api.register(NODE_CONFIGS)
+    custom = CustomObjectsApi(kube_client)
+    group = ("wao.bitmedia.co.jp", "v1beta1", "nodeconfigs")
+    version = custom.list_cluster_custom_object(*group)["metadata"]["resourceVersion"]
+    kube_api.create(node_config("wao-system", "nc-a", "node-a", "http://10.0.0.1:8080/v2/models/m"))
+    provider = node_config(
+        "wao-system", "nc-b", "node-b", "https://10.0.0.2", type="Redfish", secret="bmc"
+    )
+    kube_api.create(provider)
+    events = list(
+        Watch().stream(
+            custom.list_cluster_custom_object, *group, resource_version=version, timeout_seconds=1
+        )
+    )
+    assert [(e["type"], e["object"]["spec"]["nodeName"]) for e in events] == [
+        ("ADDED", "node-a"),
+        ("ADDED", "node-b"),
+    ]
+    predictors = [event["object"]["spec"]["predictor"] for event in events]
+    assert predictors == [
+        {
+            "powerConsumption": {
+                "type": "V2InferenceProtocol",
+                "endpoint": "http://10.0.0.1:8080/v2/models/m",
+            }
+        },
+        {
+            "powerConsumptionEndpointProvider": {
+                "type": "Redfish",
+                "endpoint": "https://10.0.0.2",
+                "basicAuthSecret": {"name": "bmc"},
+            }
+        },
+    ]
+
+
+def test_secret_data_is_base64_encoded(kube_api: KubeApiServer, kube_client: ApiClient) -> None:
+    kube_api.create(
+        secret("bmc", "wao-system", data={"username": "admin", "password": b"s3cr\xc3t"})
+    )
+    read = CoreV1Api(kube_client).read_namespaced_secret("bmc", "wao-system")
+    assert read.data == {"username": "YWRtaW4=", "password": "czNjcsN0"}
+
+
+@pytest.mark.parametrize(
+    ("value", "quantity"),
+    [
+        (22.5, "22500m"),
+        (25, "25"),
+        (0.0, "0"),
+        (22.123456, "22123456u"),
+        (0.1, "100m"),
+        (1000.0, "1k"),
+        (-3.5, "-3500m"),
+        (1e-7, "0"),  # below the adapter's six decimals
+    ],
+)
+def test_values_are_serialized_as_wao_metrics_adapter_does(value: float, quantity: str) -> None:
+    assert adapter_quantity(value) == quantity
+
+
+def test_custom_metric_of_one_node(kube_api: KubeApiServer) -> None:
+    kube_api.serve_custom_metrics()
+    kube_api.set_node_metric("node-a", "inlet_temp", 22.5)
+    answer = http(kube_api, "GET", f"{CUSTOM_METRICS}/nodes/node-a/inlet_temp")
+    assert answer.status == 200
+    assert json_of(answer) == {
+        "kind": "MetricValueList",
+        "apiVersion": "custom.metrics.k8s.io/v1beta2",
+        "metadata": {},
+        "items": [
+            {
+                "describedObject": {"kind": "Node", "name": "node-a", "apiVersion": "/v1"},
+                "metric": {"name": "inlet_temp", "selector": None},
+                "timestamp": ANY,
+                "value": "22500m",
+            }
+        ],
+    }
+    for path, described in (
+        ("node-a/delta_p", "delta_p for nodes node-a"),
+        ("node-z/inlet_temp", "inlet_temp for nodes node-z"),
+    ):
+        missing = http(kube_api, "GET", f"{CUSTOM_METRICS}/nodes/{path}")
+        assert missing.status == 404
+        assert json_of(missing) == {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": f"the server could not find the metric {described}",
+            "reason": "NotFound",
+            "code": 404,
+        }
+    kube_api.remove_node_metric("node-a", "inlet_temp")
+    assert http(kube_api, "GET", f"{CUSTOM_METRICS}/nodes/node-a/inlet_temp").status == 404
+    with pytest.raises(KeyError):
+        kube_api.remove_node_metric("node-a", "inlet_temp")
+    assert http(kube_api, "POST", f"{CUSTOM_METRICS}/nodes/node-a/inlet_temp", {}).status == 405
+
+
+def test_custom_metric_wildcard_covers_node_objects_by_label(kube_api: KubeApiServer) -> None:
+    kube_api.serve_custom_metrics()
+    for name, labels in (("node-c", {}), ("node-a", {"wao": "yes"}), ("node-b", {"wao": "yes"})):
+        kube_api.create(node(name, labels=labels))
+    for name, value in (("node-a", 21.0), ("node-c", 23.25), ("node-x", 30.0)):
+        kube_api.set_node_metric(name, "inlet_temp", value)
+
+    def values(path: str, **query: str) -> list[tuple[str, str]]:
+        answer = http(kube_api, "GET", path, **query)
+        assert answer.status == 200
+        return [(i["describedObject"]["name"], i["value"]) for i in json_of(answer)["items"]]
+
+    # node-b has no value and node-x no Node object: neither is listed.
+    everything = [("node-a", "21"), ("node-c", "23250m")]
+    assert values(f"{CUSTOM_METRICS}/nodes/*/inlet_temp") == everything
+    assert values(f"{CUSTOM_METRICS}/nodes/%2A/inlet_temp") == everything
+    assert values(f"{CUSTOM_METRICS}/nodes/*/inlet_temp", labelSelector="wao=yes") == everything[:1]
+    assert values(f"{CUSTOM_METRICS}/nodes/*/no_such_metric") == []
+    bad = http(kube_api, "GET", f"{CUSTOM_METRICS}/nodes/*/inlet_temp", labelSelector="a in b")
+    assert (bad.status, json_of(bad)["reason"]) == (400, "BadRequest")
+
+
+def test_wao_metrics_adapter_fails_for_a_node_without_value(kube_api: KubeApiServer) -> None:
+    kube_api.serve_custom_metrics(missing="error")
+    for name in ("node-a", "node-b"):
+        kube_api.create(node(name))
+    kube_api.set_node_metric("node-a", "delta_p", 7.125)
+    failure = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": "metric delta_p for /nodes/node-b not found",
+        "code": 500,
+    }
+    for name in ("node-b", "*"):  # one node missing fails the whole wildcard
+        answer = http(kube_api, "GET", f"{CUSTOM_METRICS}/nodes/{name}/delta_p")
+        assert (answer.status, json_of(answer)) == (500, failure)
+    kube_api.set_node_metric("node-b", "delta_p", "bogus")  # sent as it is
+    (item_a, item_b) = json_of(http(kube_api, "GET", f"{CUSTOM_METRICS}/nodes/*/delta_p"))["items"]
+    assert (item_a["value"], item_a["windowSeconds"]) == ("7125m", 0)
+    assert item_b["value"] == "bogus"
+
+
+def test_custom_metrics_discovery(kube_api: KubeApiServer, kube_client: ApiClient) -> None:
+    # Without an adapter the group does not exist.
+    absent = http(kube_api, "GET", f"{CUSTOM_METRICS}/nodes/node-a/inlet_temp")
+    assert absent.status == 404
+    assert json_of(absent)["message"] == "the server could not find the requested resource"
+    assert http(kube_api, "GET", CUSTOM_METRICS).status == 404
+    kube_api.register_wao()
+    kube_api.set_node_metric("node-a", "inlet_temp", 20.0)
+    kube_api.set_node_metric("node-a", "delta_p", 5.0)
+    groups = {
+        g.name: g.preferred_version.version for g in ApisApi(kube_client).get_api_versions().groups
+    }
+    assert groups == {
+        "custom.metrics.k8s.io": "v1beta2",
+        "discovery.k8s.io": "v1",
+        "metrics.k8s.io": "v1beta1",
+        "wao.bitmedia.co.jp": "v1beta1",
+    }
+    resources = json_of(http(kube_api, "GET", CUSTOM_METRICS))["resources"]
+    assert [(r["name"], r["kind"], r["namespaced"], r["verbs"]) for r in resources] == [
+        ("nodes/delta_p", "MetricValueList", False, ["get"]),
+        ("nodes/inlet_temp", "MetricValueList", False, ["get"]),
+    ]
+
+
+def test_faults_reach_the_metrics_apis(kube_api: KubeApiServer) -> None:
+    kube_api.register_wao()
+    kube_api.set_node_metric("node-a", "inlet_temp", 20.0)
+    path = f"{CUSTOM_METRICS}/nodes/node-a/inlet_temp"
+    with kube_api.failing(500, count=1, verbs={"get"}):
+        assert json_of(http(kube_api, "GET", path))["reason"] == "InternalError"
+        assert http(kube_api, "GET", path).status == 200
+    with kube_api.failing(503):
+        assert json_of(http(kube_api, "GET", path))["reason"] == "ServiceUnavailable"
+    with kube_api.unavailable("custom.metrics.k8s.io"):
+        for down in (path, CUSTOM_METRICS):
+            answer = http(kube_api, "GET", down)
+            assert (answer.status, answer.data) == (503, b"service unavailable\n")
+            assert answer.headers["Content-Type"] == "text/plain; charset=utf-8"
+        assert http(kube_api, "GET", NODE_METRICS.collection_path()).status == 200
+    assert [r.code for r in kube_api.requests(path=path)] == [500, 200, 503, 503]
+    assert {r.verb for r in kube_api.requests(path=path)} == {"get"}
+
+    with kube_api.slow(2.0, count=1):
+        started = time.monotonic()
+        with pytest.raises(urllib3.exceptions.ReadTimeoutError):
+            urllib3.request("GET", kube_api.url + path, retries=False, timeout=0.2)
+        assert time.monotonic() - started < 1.0
+        assert http(kube_api, "GET", path).status == 200

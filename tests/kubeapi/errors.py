@@ -34,8 +34,10 @@ class ApiError(Exception):
             "metadata": {"continue": self.list_continue} if self.list_continue else {},
             "status": "Failure",
             "message": self.message,
-            "reason": self.reason,
         }
+        # An empty reason is metav1.StatusReasonUnknown, which Go's omitempty leaves out.
+        if self.reason:
+            status["reason"] = self.reason
         if self.details is not None:
             status["details"] = self.details
         status["code"] = self.code
@@ -177,3 +179,17 @@ def injected(code: int) -> ApiError:
         "Internal error occurred: injected failure",
         {"causes": [{"message": "injected failure"}]},
     )
+
+
+def metric_not_found(resource: str, metric: str, name: str | None = None) -> ApiError:
+    """404 as custom-metrics-apiserver's NewMetricNotFoundError / NewMetricNotFoundForError."""
+    described = resource if name is None else f"{resource} {name}"
+    return ApiError(
+        404, "NotFound", f"the server could not find the metric {metric} for {described}"
+    )
+
+
+def unhandled(message: str) -> ApiError:
+    """500 for a plain error (not a Status) that a handler returned: the apiserver library
+    answers it with the error's text and no reason."""
+    return ApiError(500, "", message)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 JsonObject = dict[str, Any]
@@ -52,6 +54,7 @@ def service(
 
 
 def node(name: str, *, labels: Mapping[str, str] | None = None, cpu: str = "4") -> JsonObject:
+    """A Node whose capacity and allocatable CPU are ``cpu`` (a quantity: "4", "3500m")."""
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -91,11 +94,68 @@ def endpoint_slice(
     }
 
 
-def secret(name: str, namespace: str = "default", *, secret_type: str = "Opaque") -> JsonObject:
+def secret(
+    name: str,
+    namespace: str = "default",
+    *,
+    secret_type: str = "Opaque",
+    data: Mapping[str, str | bytes] | None = None,
+) -> JsonObject:
+    """A Secret; ``data`` values are base64-encoded as the API carries them (text as UTF-8)."""
+    encoded = {
+        key: base64.b64encode(value if isinstance(value, bytes) else value.encode()).decode()
+        for key, value in (data or {}).items()
+    }
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": _metadata(name, namespace, None),
         "type": secret_type,
-        "data": {},
+        "data": encoded,
+    }
+
+
+def node_metrics(
+    name: str, cpu: str, memory: str = "1Gi", *, window: str = "15.004s"
+) -> JsonObject:
+    """The NodeMetrics metrics-server serves for node ``name`` (resource NODE_METRICS): ``cpu``
+    is a quantity such as "250m" or metrics-server's nanocores "123456789n"."""
+    return {
+        "apiVersion": "metrics.k8s.io/v1beta1",
+        "kind": "NodeMetrics",
+        "metadata": {"name": name},
+        "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "window": window,
+        "usage": {"cpu": cpu, "memory": memory},
+    }
+
+
+def node_config(
+    namespace: str,
+    name: str,
+    node_name: str,
+    predictor_url: str,
+    *,
+    type: str = "V2InferenceProtocol",
+    secret: str | None = None,
+) -> JsonObject:
+    """A wao-core NodeConfig (resource NODE_CONFIGS) for ``node_name`` whose power predictor is
+    at ``predictor_url``. A ``Redfish`` type makes it the endpoint provider
+    (spec.predictor.powerConsumptionEndpointProvider) instead of the predictor itself
+    (powerConsumption); ``secret`` names the basic-auth Secret in ``namespace``."""
+    term: JsonObject = {"type": type, "endpoint": predictor_url}
+    if secret is not None:
+        term["basicAuthSecret"] = {"name": secret}
+    role = "powerConsumptionEndpointProvider" if type == "Redfish" else "powerConsumption"
+    # The CRD requires both collectors; waolb reads their values from the custom metrics API.
+    collector = {"type": "Fake", "endpoint": "http://fake.invalid"}
+    return {
+        "apiVersion": "wao.bitmedia.co.jp/v1beta1",
+        "kind": "NodeConfig",
+        "metadata": _metadata(name, namespace, None),
+        "spec": {
+            "nodeName": node_name,
+            "metricsCollector": {"inletTemp": collector, "deltaP": dict(collector)},
+            "predictor": {role: term},
+        },
     }

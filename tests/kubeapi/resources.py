@@ -95,3 +95,10 @@ ENDPOINT_SLICES = ResourceType(
 )
 
 DEFAULT_RESOURCES = (SERVICES, NODES, SECRETS, ENDPOINT_SLICES)
+
+# What WAO scoring reads besides the defaults (KubeApiServer.register_wao serves them all):
+# metrics-server's node usage and wao-core's NodeConfig custom resource.
+NODE_METRICS = ResourceType("metrics.k8s.io", "v1beta1", "nodes", "NodeMetrics", namespaced=False)
+NODE_CONFIGS = ResourceType(
+    "wao.bitmedia.co.jp", "v1beta1", "nodeconfigs", "NodeConfig", namespaced=True, custom=True
+)

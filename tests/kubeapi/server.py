@@ -2,8 +2,9 @@
 
 It serves list, watch, get, create, update (PUT), merge patch and delete for the registered
 resource types, with the real server's resourceVersion, selector, paging, watch and error
-semantics (see README.md beside this file for what is and is not covered). Tests drive it
-through the real ``kubernetes`` client and change state or inject faults through its Python API.
+semantics, and once asked the node metrics of custom.metrics.k8s.io (see README.md beside this
+file for what is and is not covered). Tests drive it through the real ``kubernetes`` client and
+change state or inject faults through its Python API.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, NamedTuple
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
-from . import errors
+from . import custom_metrics, errors
+from .custom_metrics import CustomMetrics, MissingMetric, adapter_quantity
 from .errors import ApiError
-from .resources import DEFAULT_RESOURCES, ResourceType
+from .resources import DEFAULT_RESOURCES, NODE_CONFIGS, NODE_METRICS, NODES, ResourceType
 from .selectors import (
     SelectorError,
     object_fields,
@@ -49,22 +51,28 @@ _CONTINUE_EXPIRED = (
 )
 # A continue token carrying this revision continues from the latest state (inconsistently).
 _LATEST = -1
+_CUSTOM_METRICS_VERSION = [custom_metrics.GROUP, custom_metrics.VERSION]
 
 
 class RecordedRequest(NamedTuple):
     """One HTTP request as the server saw it; ``verb`` is the Kubernetes verb (list, watch,
-    get, create, update, patch, delete, discovery) or "unknown" for paths it does not serve."""
+    get, create, update, patch, delete, discovery) or "unknown" for paths it does not serve;
+    ``headers`` are keyed in lower case."""
 
     method: str
     path: str
     query: dict[str, str]
     verb: str
     code: int
+    headers: dict[str, str]
 
 
 @dataclass
 class _Fault:
-    code: int
+    """An injected failure (``code``) or delay (``code`` None) for some requests."""
+
+    code: int | None
+    delay: float
     remaining: int | None
     verbs: frozenset[str] | None
 
@@ -124,11 +132,41 @@ class KubeApiServer:
         self._serve_thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._faults: list[_Fault] = []
+        self._unavailable_groups: list[str] = []
+        self._canned: dict[str, tuple[int, bytes, str]] = {}
         self._requests: list[RecordedRequest] = []
+        # Set by stop(), to release the requests slow() holds back.
+        self._stopped = threading.Event()
+        self.custom_metrics = CustomMetrics()
 
     def register(self, resource: ResourceType) -> None:
         """Serve one more resource type (before or after start)."""
         self._resources[(resource.group, resource.version, resource.plural)] = resource
+
+    def serve_custom_metrics(self, missing: MissingMetric = "not_found") -> None:
+        """Serve custom.metrics.k8s.io/v1beta2 node metrics from now on, as an installed
+        adapter does; ``missing`` picks how a node without a value is answered (see
+        custom_metrics.py): "not_found" as the library's providers, "error" as
+        wao-metrics-adapter."""
+        self.custom_metrics.missing = missing
+        self.custom_metrics.served = True
+
+    def register_wao(self, missing: MissingMetric = "not_found") -> None:
+        """Serve everything WAO scoring reads besides the defaults: metrics-server's
+        NodeMetrics, wao-core's NodeConfig resource and the custom metrics API."""
+        self.register(NODE_METRICS)
+        self.register(NODE_CONFIGS)
+        self.serve_custom_metrics(missing)
+
+    def set_node_metric(self, node: str, metric: str, value: float | str) -> None:
+        """Give ``node`` a custom metric value: a number is serialized as wao-metrics-adapter
+        does (22.5 -> "22500m"), a string is sent as it is (any quantity, or garbage)."""
+        quantity = value if isinstance(value, str) else adapter_quantity(value)
+        self.custom_metrics.set(node, metric, quantity)
+
+    def remove_node_metric(self, node: str, metric: str) -> None:
+        """Forget a value set by set_node_metric (KeyError if there is none)."""
+        self.custom_metrics.remove(node, metric)
 
     # Lifecycle.
 
@@ -148,6 +186,7 @@ class KubeApiServer:
         if self._has_served:
             self.store.compact()
         self._has_served = True
+        self._stopped.clear()
         self._http = _HTTPServer((self.host, self.port), self)
         self.port = self._http.server_address[1]
         with self.store.condition:
@@ -165,6 +204,7 @@ class KubeApiServer:
         http, self._http = self._http, None
         if http is None:
             return
+        self._stopped.set()
         http.shutdown()
         http.server_close()
         with self.store.condition:
@@ -223,6 +263,11 @@ class KubeApiServer:
     def get(self, resource: ResourceType, name: str, namespace: str = "default") -> JsonObject:
         return deep_copy(self.store.get(resource, name, namespace))
 
+    def list(self, resource: ResourceType) -> list[JsonObject]:
+        """Every object of ``resource`` now, sorted by namespace and name."""
+        _, state = self.store.snapshot(resource)
+        return [deep_copy(state[key]) for key in sorted(state)]
+
     def _resource_of(self, obj: Mapping[str, Any]) -> ResourceType:
         for resource in self._resources.values():
             if (resource.api_version, resource.kind) == (obj.get("apiVersion"), obj.get("kind")):
@@ -267,7 +312,47 @@ class KubeApiServer:
     ) -> Iterator[None]:
         """Answer requests with ``code`` (500, 503 or 429 with Retry-After) inside the block,
         or only the next ``count`` of them; ``verbs`` limits it to list, watch and so on."""
-        fault = _Fault(code, count, frozenset(verbs) if verbs is not None else None)
+        with self._injecting(_Fault(code, 0.0, count, _verb_set(verbs))):
+            yield
+
+    @contextlib.contextmanager
+    def slow(
+        self, seconds: float, *, count: int | None = None, verbs: Collection[str] | None = None
+    ) -> Iterator[None]:
+        """Hold requests back ``seconds`` before answering them inside the block (or only the
+        next ``count`` of them, or only some verbs), as an overloaded server does."""
+        with self._injecting(_Fault(None, seconds, count, _verb_set(verbs))):
+            yield
+
+    @contextlib.contextmanager
+    def unavailable(self, group: str) -> Iterator[None]:
+        """Inside the block the aggregated API of ``group`` (metrics.k8s.io,
+        custom.metrics.k8s.io) is registered but down: the aggregator answers every request
+        under /apis/{group}/ with 503 and a plain-text "service unavailable"."""
+        with self._lock:
+            self._unavailable_groups.append(group)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._unavailable_groups.remove(group)
+
+    @contextlib.contextmanager
+    def answering(
+        self, path: str, body: bytes, code: int = 200, content_type: str = "application/json"
+    ) -> Iterator[None]:
+        """Inside the block, answer requests for exactly ``path`` with these bytes, as a broken
+        server (or a proxy in between) might: for bodies no real server would send."""
+        with self._lock:
+            self._canned[path] = (code, body, content_type)
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._canned[path]
+
+    @contextlib.contextmanager
+    def _injecting(self, fault: _Fault) -> Iterator[None]:
         with self._lock:
             self._faults.append(fault)
         try:
@@ -290,25 +375,47 @@ class KubeApiServer:
     def count_requests(self, *, verb: str | None = None, path: str | None = None) -> int:
         return len(self.requests(verb=verb, path=path))
 
-    def _record(self, method: str, path: str, query: dict[str, str], verb: str, code: int) -> None:
+    def _record(
+        self,
+        handler: _Handler,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        *,
+        verb: str,
+        code: int,
+    ) -> None:
+        headers = {key.lower(): value for key, value in handler.headers.items()}
         with self._lock:
-            self._requests.append(RecordedRequest(method, path, query, verb, code))
+            self._requests.append(RecordedRequest(method, path, query, verb, code, headers))
 
-    def _injected_fault(self, verb: str) -> ApiError | None:
+    def _injected(self, verb: str) -> tuple[float, ApiError | None]:
+        """The delay and the failure injected for a request of ``verb``."""
+        delay, failure = 0.0, None
         with self._lock:
             for fault in self._faults:
                 if fault.remaining == 0 or (fault.verbs is not None and verb not in fault.verbs):
                     continue
+                if fault.code is None:
+                    delay = max(delay, fault.delay)
+                elif failure is None:
+                    failure = errors.injected(fault.code)
+                else:
+                    continue
                 if fault.remaining is not None:
                     fault.remaining -= 1
-                return errors.injected(fault.code)
-        return None
+        return delay, failure
+
+    def _is_unavailable(self, path: str) -> bool:
+        with self._lock:
+            return any(path.startswith(f"/apis/{group}/") for group in self._unavailable_groups)
 
     # HTTP.
 
     def _handle(self, handler: _Handler, method: str) -> None:
         split = urlsplit(handler.path)
-        path = split.path.rstrip("/") or "/"
+        # Decoded as the real server does: clients may send "*" as %2A.
+        path = unquote(split.path).rstrip("/") or "/"
         # Like Go's url.Values.Get: the first value of a repeated parameter wins.
         query = {
             key: values[0] for key, values in parse_qs(split.query, keep_blank_values=True).items()
@@ -317,18 +424,34 @@ class KubeApiServer:
         verb = "unknown"
         try:
             document = self._discovery_document(path)
-            target = None if document is not None else self._target(path)
+            metric = None if document is not None else self._metric_path(path)
+            target = None if document is not None or metric is not None else self._target(path)
             if target is not None:
                 verb = target.verb(method, query)
             elif document is not None:
                 verb = "discovery"
-            fault = self._injected_fault(verb)
+            elif metric is not None:
+                # The request info of /nodes/{name}/{metric}: a get of a subresource.
+                verb = "get"
+            delay, fault = self._injected(verb)
+            if delay:
+                self._stopped.wait(delay)
             if fault is not None:
                 raise fault
+            with self._lock:
+                canned = self._canned.get(path)
+            if canned is None and self._is_unavailable(path):
+                canned = (503, b"service unavailable\n", "text/plain; charset=utf-8")
+            if canned is not None:
+                self._record(handler, method, path, query, verb=verb, code=canned[0])
+                _send_raw(handler, *canned)
+                return
+            if method != "GET" and (document is not None or metric is not None):
+                raise errors.method_not_allowed()
             if document is not None:
-                if method != "GET":
-                    raise errors.method_not_allowed()
                 code, payload = 200, document
+            elif metric is not None:
+                code, payload = 200, self._metric_values(metric, query)
             elif target is None:
                 raise errors.path_not_found()
             elif verb == "watch":
@@ -339,7 +462,7 @@ class KubeApiServer:
                 code, payload = self._serve(verb, target, query, body, content_type)
         except ApiError as error:
             code, payload = error.code, error.status
-        self._record(method, path, query, verb, code)
+        self._record(handler, method, path, query, verb=verb, code=code)
         _send_json(handler, code, payload)
 
     def _target(self, path: str) -> _Target | None:
@@ -362,6 +485,31 @@ class KubeApiServer:
         if resource.namespaced and namespace is None and name is not None:
             return None
         return _Target(resource, namespace, name)
+
+    def _metric_path(self, path: str) -> tuple[str, str, str] | None:
+        """(resource, name, metric) of a root-scoped custom metrics path, when they are served."""
+        parts = path.strip("/").split("/")
+        if not self.custom_metrics.served or parts[:3] != ["apis", *_CUSTOM_METRICS_VERSION]:
+            return None
+        if len(parts) != 6 or parts[3] == "namespaces":
+            return None
+        return parts[3], parts[4], parts[5]
+
+    def _metric_values(self, metric: tuple[str, str, str], query: Mapping[str, str]) -> JsonObject:
+        def selected_nodes() -> list[str]:
+            # The library lists the objects a wildcard covers from the cluster, by label.
+            try:
+                labels = parse_label_selector(query.get("labelSelector", ""))
+            except SelectorError as error:
+                raise errors.bad_request(str(error)) from None
+            _, nodes = self.store.snapshot(NODES)
+            return [
+                nodes[key]["metadata"]["name"]
+                for key in sorted(nodes)
+                if labels.matches(nodes[key]["metadata"].get("labels") or {})
+            ]
+
+        return self.custom_metrics.answer(*metric, selected_nodes)
 
     def _serve(
         self, verb: str, target: _Target, query: dict[str, str], body: bytes, content_type: str
@@ -494,11 +642,11 @@ class KubeApiServer:
             bookmarks = _bool_parameter(query, "allowWatchBookmarks")
             matches = self._object_filter(target, query)
         except ApiError as error:
-            self._record(method, path, query, "watch", error.code)
+            self._record(handler, method, path, query, verb="watch", code=error.code)
             _send_json(handler, error.code, error.status)
             return
         watch = self.store.open_watch(target.resource, start, matches, self.future_wait)
-        self._record(method, path, query, "watch", 200)
+        self._record(handler, method, path, query, verb="watch", code=200)
         try:
             _stream_watch(handler, watch, self, timeout, bookmarks)
         except OSError:  # the client went away
@@ -521,6 +669,8 @@ class KubeApiServer:
             for resource in resources:
                 if resource.group:
                     groups.setdefault(resource.group, []).append(resource.version)
+            if self.custom_metrics.served:
+                groups.setdefault(custom_metrics.GROUP, []).append(custom_metrics.VERSION)
             return {
                 "kind": "APIGroupList",
                 "apiVersion": "v1",
@@ -539,6 +689,8 @@ class KubeApiServer:
                     for group, versions in sorted(groups.items())
                 ],
             }
+        if self.custom_metrics.served and path == f"/apis/{custom_metrics.GROUP_VERSION}":
+            return self.custom_metrics.discovery()
         served = [r for r in resources if r.group_version_path == path]
         if not served:
             return None
@@ -612,15 +764,30 @@ def _send_event(
 
 
 def _send_json(handler: _Handler, code: int, payload: Mapping[str, Any]) -> None:
-    body = orjson.dumps(payload)
-    handler.send_response(code)
-    handler.send_header("Content-Type", "application/json")
-    handler.send_header("Content-Length", str(len(body)))
     retry_after = (payload.get("details") or {}).get("retryAfterSeconds")
-    if code in (429, 503, 504) and retry_after:
-        handler.send_header("Retry-After", str(retry_after))
+    throttled = code in (429, 503, 504) and retry_after
+    headers = {"Retry-After": str(retry_after)} if throttled else {}
+    _send_raw(handler, code, orjson.dumps(payload), "application/json", headers)
+
+
+def _send_raw(
+    handler: _Handler,
+    code: int,
+    body: bytes,
+    content_type: str,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    handler.send_response(code)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
     handler.end_headers()
     handler.wfile.write(body)
+
+
+def _verb_set(verbs: Collection[str] | None) -> frozenset[str] | None:
+    return frozenset(verbs) if verbs is not None else None
 
 
 def _without_type_meta(obj: Mapping[str, Any]) -> JsonObject:
