@@ -56,6 +56,18 @@ lint: $(STAMP)/native
 py-test: $(STAMP)/native
 	$(VENV)/bin/python -m pytest tests
 
+# MLServer, the real V2 power predictor of tests/test_mlserver_interop.py, gets a virtualenv of
+# its own inside .venv: its ~70 pinned packages (numpy, pandas, grpcio, uvloop...) stay out of
+# waolb's environment and cannot constrain waolb's dependencies. About 45 s and 530 MB, once.
+MLSERVER_VENV := $(VENV)/mlserver
+$(STAMP)/mlserver: $(STAMP)/venv tests/mlserver/requirements.txt
+	@[ -x $(MLSERVER_VENV)/bin/python ] || $(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install -q --disable-pip-version-check \
+	  -r tests/mlserver/requirements.txt
+	@touch $@
+
+py-test: $(STAMP)/mlserver
+
 test: rust-test lint py-test
 
 bench: $(STAMP)/native
