@@ -167,6 +167,12 @@ class ProxyMetrics:
             ["kind"],
             registry=r,
         )
+        self.wao_fallbacks = Counter(
+            "waolb_wao_fallbacks_total",
+            "WAO scoring fallbacks: a node left out or a Service given equal weights, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.watch_restarts = Counter(
             "waolb_watch_restarts_total",
             "Restarts of an API watch, by resource kind and reason",
@@ -203,6 +209,9 @@ def _endpoint_label(endpoint: EndpointInfo) -> str:
 
 
 # ---- HTTP --------------------------------------------------------------------------------
+
+# The scorer's last inputs and results as JSON, for `waolb weights`.
+WEIGHTS_PATH: Final = "/waolb/weights"
 
 # A route answers (status, content type, body).
 Route = Callable[[], tuple[int, str, bytes]]

@@ -15,6 +15,9 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, Final
 
+import orjson
+from kubernetes.client import ApiClient
+
 from waolb import logs
 from waolb._native import Dataplane
 from waolb.config import ProxySettings
@@ -27,11 +30,18 @@ from waolb.kube import (
     Reflector,
     build_api_client,
 )
-from waolb.metrics import HttpEndpoint, ProxyMetrics, Route, metrics_routes
+from waolb.metrics import WEIGHTS_PATH, HttpEndpoint, ProxyMetrics, Route, metrics_routes
 from waolb.policy import WeightProvider
 from waolb.policy.equal import EqualWeights
+from waolb.policy.select import PolicySelector
+from waolb.policy.wao import WaoWeights
 from waolb.state import ClusterState
 from waolb.sync import SyncLoop
+from waolb.wao.inventory import NODE_CONFIGS, WaoInventory
+from waolb.wao.metrics_api import ClusterMetrics
+from waolb.wao.predictor import PowerPredictors
+from waolb.wao.scorer import NodePowerScorer
+from waolb.wao.secrets import SecretReader
 
 log = logs.get_logger(__name__)
 
@@ -40,30 +50,44 @@ JsonObject = dict[str, Any]
 
 
 class _EventRouter:
-    """The reflectors' handler: Services and EndpointSlices to the state, the Node to health."""
+    """The reflectors' handler: Services and EndpointSlices to the state, this node to health,
+    every Node and NodeConfig to the WAO inventory."""
 
     def __init__(
-        self, state: ClusterState, health: ProxierHealth, on_lists: Callable[[], None]
+        self,
+        state: ClusterState,
+        health: ProxierHealth,
+        inventory: WaoInventory,
+        node_name: str,
+        on_lists: Callable[[], None],
     ) -> None:
         self._state = state
         self._health = health
+        self._inventory = inventory
+        self._node_name = node_name
         self._on_lists = on_lists
         self._listed: set[str] = set()
         self._lock = threading.Lock()
+
+    def _is_this_node(self, obj: JsonObject) -> bool:
+        return bool((obj.get("metadata") or {}).get("name") == self._node_name)
 
     def replace(self, kind: str, objects: list[JsonObject], resource_version: str) -> None:
         if kind == SERVICES.kind:
             self._state.replace_services(objects)
         elif kind == ENDPOINT_SLICES.kind:
             self._state.replace_endpoint_slices(objects)
-        elif objects:
+        else:
+            self._inventory.replace(kind, objects, resource_version)
             # A relist without this node says nothing new: only a delete event removes it.
-            self._health.sync_node(objects[-1])
+            mine = [obj for obj in objects if self._is_this_node(obj)] if kind == NODES.kind else []
+            if mine:
+                self._health.sync_node(mine[0])
         with self._lock:
             first_time = kind not in self._listed
             self._listed.add(kind)
             ready = {SERVICES.kind, ENDPOINT_SLICES.kind} <= self._listed
-        if first_time and ready and kind != NODES.kind:
+        if first_time and ready and kind in (SERVICES.kind, ENDPOINT_SLICES.kind):
             self._on_lists()
 
     def upsert(self, kind: str, obj: JsonObject) -> None:
@@ -72,7 +96,9 @@ class _EventRouter:
         elif kind == ENDPOINT_SLICES.kind:
             self._state.upsert_endpoint_slice(obj)
         else:
-            self._health.sync_node(obj)
+            self._inventory.upsert(kind, obj)
+            if kind == NODES.kind and self._is_this_node(obj):
+                self._health.sync_node(obj)
 
     def delete(self, kind: str, obj: JsonObject) -> None:
         if kind == SERVICES.kind:
@@ -80,13 +106,17 @@ class _EventRouter:
         elif kind == ENDPOINT_SLICES.kind:
             self._state.delete_endpoint_slice(obj)
         else:
-            self._health.sync_node(None)
+            self._inventory.delete(kind, obj)
+            if kind == NODES.kind and self._is_this_node(obj):
+                self._health.sync_node(None)
 
 
 class Proxier:
-    def __init__(self, settings: ProxySettings, weights: WeightProvider | None = None) -> None:
+    def __init__(self, settings: ProxySettings) -> None:
         self.settings = settings
-        self.weights = weights or EqualWeights()
+        self.inventory = WaoInventory()
+        self.wao: WaoWeights | None = None
+        self.weights: WeightProvider = EqualWeights()
         self.metrics = ProxyMetrics()
         config = settings.config
         self.health = ProxierHealth(2 * config.sync_period, self.metrics)
@@ -125,6 +155,7 @@ class Proxier:
         )
         dataplane = Dataplane(settings.table_name, config.masquerade_bit)
         api_client = build_api_client(config.kubeconfig or None, config.master or None)
+        self.weights = self._weight_providers(api_client)
         state = ClusterState(settings.node_name)
         self._loop = SyncLoop(
             dataplane,
@@ -136,15 +167,22 @@ class Proxier:
             sync_period=config.sync_period,
         )
         self._serve(settings.healthz_bind_address, self.health.routes(), "healthz")
-        self._serve(settings.metrics_bind_address, metrics_routes(self.metrics), "metrics")
+        routes = metrics_routes(self.metrics)
+        routes[WEIGHTS_PATH] = self._weights_route
+        self._serve(settings.metrics_bind_address, routes, "metrics")
         self.weights.start()
-        router = _EventRouter(state, self.health, on_lists=self._loop.start)
+        router = _EventRouter(
+            state, self.health, self.inventory, settings.node_name, on_lists=self._loop.start
+        )
         # (resource, label selector, field selector): EndpointSlices carry no service-proxy-name
         # label, so they are all watched and the state keeps those of the tracked Services.
+        # Every Node is watched, not only this one as kube-proxy does: WAO needs the CPU
+        # capacity of the nodes endpoints run on.
         watches = [
             (SERVICES, settings.service_label_selector, None),
             (ENDPOINT_SLICES, None, None),
-            (NODES, None, f"metadata.name={settings.node_name}"),
+            (NODES, None, None),
+            (NODE_CONFIGS, None, None),
         ]
         for resource, label_selector, field_selector in watches:
             reflector = Reflector(
@@ -157,6 +195,32 @@ class Proxier:
             )
             reflector.start()
             self._reflectors.append(reflector)
+
+    def _weight_providers(self, api_client: ApiClient) -> PolicySelector:
+        """Equal and WAO weights, chosen per Service by annotation or the default policy."""
+        wao = self.settings.config.waolb
+        scorer = NodePowerScorer(
+            self.inventory,
+            ClusterMetrics(api_client, wao.request_timeout),
+            PowerPredictors(
+                timeout=wao.request_timeout,
+                verify_tls=wao.verify_tls,
+                max_connections=wao.parallelism,
+            ),
+            SecretReader(api_client, wao.metrics_cache_ttl),
+            wao,
+            on_error=lambda kind: self.metrics.scoring_errors.labels(kind).inc(),
+        )
+        # Full syncs ask for every port's weights each sync period; a port not asked for in
+        # three periods is gone.
+        self.wao = WaoWeights(
+            scorer, wao, self.metrics, forget_after=3 * self.settings.config.sync_period
+        )
+        return PolicySelector({"equal": EqualWeights(), "wao": self.wao}, wao.default_policy)
+
+    def _weights_route(self) -> tuple[int, str, bytes]:
+        snapshot = self.wao.snapshot() if self.wao is not None else {"nodes": [], "services": []}
+        return 200, "application/json", orjson.dumps(snapshot)
 
     def stop(self) -> None:
         """Stop watching, syncing and serving; the kernel rules are left as they are."""
