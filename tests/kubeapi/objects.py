@@ -71,11 +71,14 @@ def endpoint_slice(
     addresses: Sequence[str] = ("10.244.0.5",),
     ready: Sequence[bool] | None = None,
     node_name: str = "node-a",
+    node_names: Sequence[str] | None = None,
     port: int = 8080,
     protocol: str = "TCP",
 ) -> JsonObject:
-    """A slice of ``service_name``; every endpoint is ready unless ``ready`` says otherwise."""
+    """A slice of ``service_name``; every endpoint is ready unless ``ready`` says otherwise and
+    on ``node_name`` unless ``node_names`` gives one node per address."""
     readiness = list(ready) if ready is not None else [True] * len(addresses)
+    nodes = list(node_names) if node_names is not None else [node_name] * len(addresses)
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
@@ -85,10 +88,12 @@ def endpoint_slice(
             {
                 "addresses": [address],
                 "conditions": {"ready": is_ready, "serving": is_ready, "terminating": False},
-                "nodeName": node_name,
+                "nodeName": node,
                 "targetRef": {"kind": "Pod", "namespace": namespace, "name": f"pod-{index}"},
             }
-            for index, (address, is_ready) in enumerate(zip(addresses, readiness, strict=True))
+            for index, (address, is_ready, node) in enumerate(
+                zip(addresses, readiness, nodes, strict=True)
+            )
         ],
         "ports": [{"name": "http", "port": port, "protocol": protocol}],
     }

@@ -8,8 +8,8 @@ recomputes every port's weights with upstream's scoring (``waolb._native.wao_sco
 ports in one call) and reports the Services whose shares moved by at least
 ``min_weight_change``; the sync loop then re-programs only those.
 
-Fallbacks, each counted in ``waolb_wao_fallbacks_total{reason}`` and logged at most once a
-minute per reason and subject:
+Fallbacks, each counted in ``waolb_wao_fallbacks_total{reason}`` (once per node or port per
+scoring round) and logged at most once a minute per reason, with a count and a few examples:
 
 * a node that cannot be scored (no NodeConfig, no metrics, predictor down...) has its endpoints
   left out, exactly as upstream does;
@@ -39,6 +39,7 @@ log = logs.get_logger(__name__)
 
 CPU_PER_REQUEST_ANNOTATION: Final = "waok8s.github.io/cpu-per-request"
 LOG_INTERVAL: Final = 60.0
+LOGGED_EXAMPLES: Final = 5
 
 
 @dataclass(frozen=True)
@@ -75,22 +76,22 @@ def moved_enough(old: Sequence[int] | None, new: Sequence[int] | None, threshold
 
 
 class RateLimitedLog:
-    """Logs a (reason, subject) at most once per ``interval`` seconds."""
+    """Logs each reason at most once per ``interval`` seconds."""
 
     def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._interval = interval
         self._clock = clock
-        self._last: dict[tuple[str, str], float] = {}
+        self._last: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def warning(self, event: str, reason: str, subject: str, **fields: Any) -> None:
+    def warning(self, event: str, reason: str, **fields: Any) -> None:
         now = self._clock()
         with self._lock:
-            last = self._last.get((reason, subject))
+            last = self._last.get(reason)
             if last is not None and now - last < self._interval:
                 return
-            self._last[(reason, subject)] = now
-        log.warning(event, reason=reason, subject=subject, **fields)
+            self._last[reason] = now
+        log.warning(event, reason=reason, **fields)
 
 
 class WaoWeights:
@@ -164,8 +165,7 @@ class WaoWeights:
             if unknown:
                 self._wanted_now = True
                 self._wake.notify()
-        if weights is None and identity:
-            self._fallback("service_unscored", str(port.key), "no endpoint's node could be scored")
+        # A fallback here is counted by the scoring round this port is now part of.
         return weights
 
     # ---- scoring ----
@@ -217,6 +217,7 @@ class WaoWeights:
 
         threshold = self._settings.min_weight_change
         changed: set[ServiceName] = set()
+        unscored: list[str] = []
         with self._lock:
             self._power = power
             for index, port in enumerate(ports):
@@ -227,9 +228,7 @@ class WaoWeights:
                 if current is None or current.endpoints != port.endpoints:
                     continue  # changed meanwhile; the sync that changed it computed anew
                 if weights is None and port.endpoints:
-                    self._fallback(
-                        "service_unscored", str(port.key), "no endpoint's node could be scored"
-                    )
+                    unscored.append(str(port.key))
                 if moved_enough(current.weights, weights, threshold):
                     self._ports[port.key] = PortScore(
                         port.key,
@@ -250,6 +249,7 @@ class WaoWeights:
                         current.weights,
                         current.asked_at,
                     )
+        self._fallback("service_unscored", unscored, "no endpoint's node could be scored")
         self._metrics.scoring_duration.observe(self._clock() - started)
         if changed:
             for listener in self._listeners:
@@ -327,23 +327,38 @@ class WaoWeights:
         except ValueError as error:
             self._fallback(
                 "invalid_cpu_per_request",
-                str(port.key.service),
+                [str(port.key.service)],
                 f"{CPU_PER_REQUEST_ANNOTATION}: {error}; using the default",
             )
             return self._settings.cpu_per_request
         self._cpu_per_request_cache[text] = value
         return value
 
-    def _fallback(self, reason: str, subject: str, detail: str) -> None:
-        self._metrics.wao_fallbacks.labels(reason).inc()
-        self._log.warning("WAO scoring fallback", reason, subject, detail=detail)
+    def _fallback(self, reason: str, subjects: Sequence[str], detail: str) -> None:
+        """Count a fallback for each subject; log one line for all of them, rate-limited.
+
+        One line per reason, not per subject: a cluster without any NodeConfig would otherwise
+        log every Service and node every minute.
+        """
+        if not subjects:
+            return
+        self._metrics.wao_fallbacks.labels(reason).inc(len(subjects))
+        self._log.warning(
+            "WAO scoring fallback",
+            reason,
+            detail=detail,
+            count=len(subjects),
+            examples=sorted(subjects)[:LOGGED_EXAMPLES],
+        )
 
     def _report_unscored_nodes(self, power: Iterable[NodePower]) -> None:
-        reported = set()
+        by_reason: dict[str, dict[str, str]] = {}
         for item in power:
-            if item.reason is not None and item.node not in reported:
-                reported.add(item.node)
-                self._fallback(item.reason, item.node, item.detail or "node left out")
+            if item.reason is not None:
+                by_reason.setdefault(item.reason, {})[item.node] = item.detail
+        for reason, nodes in sorted(by_reason.items()):
+            first = min(nodes)
+            self._fallback(reason, sorted(nodes), nodes[first] or "node left out")
 
 
 def _delta(power: Mapping[tuple[str, float], NodePower], node: str | None, cpu: float) -> float:
