@@ -225,7 +225,11 @@ class WaoWeights:
                 deltas = tuple(flat[start:end])
                 weights = tuple(scores[start:end]) if _any_scored(deltas) else None
                 current = self._ports.get(port.key)
-                if current is None or current.endpoints != port.endpoints:
+                if (
+                    current is None
+                    or current.endpoints != port.endpoints
+                    or current.cpu_per_request != port.cpu_per_request
+                ):
                     continue  # changed meanwhile; the sync that changed it computed anew
                 if weights is None and port.endpoints:
                     unscored.append(str(port.key))

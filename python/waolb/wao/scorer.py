@@ -198,6 +198,8 @@ class NodePowerScorer:
         Nodes are scored in parallel (``parallelism`` at a time); within a node the "before"
         prediction is shared by every cpu-per-request.
         """
+        if not wanted:
+            return {}
         nodes = frozenset(wanted)
         metrics = self._node_metrics.get(nodes, lambda: self._fetch_metrics(nodes))
         self.predictions.expire()
