@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 import yaml
 from kubernetes.client import ApiClient
 
+from kubeapi import ENDPOINT_SLICES as ENDPOINT_SLICE_TYPE
 from kubeapi import NODES as NODE_TYPE
 from kubeapi import SERVICES as SERVICE_TYPE
 from kubeapi import KubeApiServer
@@ -119,8 +122,10 @@ def start_reflector(api_client: ApiClient) -> Iterator[StartReflector]:
     """Starts reflectors (synced before it returns) and stops them after the test."""
     started: list[Reflector] = []
 
-    def start(resource: Resource = SERVICES, **options: Any) -> tuple[Reflector, RecordingHandler]:
-        handler = RecordingHandler()
+    def start(
+        resource: Resource = SERVICES, handler: RecordingHandler | None = None, **options: Any
+    ) -> tuple[Reflector, RecordingHandler]:
+        handler = handler or RecordingHandler()
         options.setdefault("backoff", FAST_BACKOFF)
         reflector = Reflector(api_client, resource, handler, **options)
         started.append(reflector)
@@ -178,8 +183,9 @@ def test_the_first_list_reads_the_cache_and_relists_read_pages_of_one_snapshot(
     assert handler.objects[("default", "web-0")]["kind"] == "EndpointSlice"
 
     # History expired: the relist is a consistent read, in pages of one snapshot.
+    assert kube_api.wait_for_watches(ENDPOINT_SLICE_TYPE)
     kube_api.create(endpoint_slice("web-5", "web"))
-    kube_api.expire_watches(ENDPOINT_SLICES)
+    assert kube_api.expire_watches(ENDPOINT_SLICE_TYPE) == 1
     assert wait_until(lambda: sum(call[0] == "replace" for call in handler.calls) == 2)
     relists = kube_api.requests(verb="list", path=ENDPOINT_SLICES.collection_path)[1:]
     assert [request.query.get("limit") for request in relists] == ["2", "2", "2"]
@@ -403,6 +409,46 @@ def test_stop_interrupts_a_blocked_watch(
     assert not reflector.is_alive()
     assert time.monotonic() - started < 2
     assert wait_until(lambda: kube_api.watch_count() == 0)
+
+
+class GatedHandler(RecordingHandler):
+    """A handler whose replace notes whether the garbage collector runs, between two gates."""
+
+    def __init__(self, before: Callable[[], None], after: Callable[[], None]) -> None:
+        super().__init__()
+        self.before, self.after = before, after
+        self.collector_enabled: list[bool] = []
+
+    def replace(self, kind: str, objects: list[dict[str, Any]], resource_version: str) -> None:
+        self.before()
+        self.collector_enabled.append(gc.isenabled())
+        super().replace(kind, objects, resource_version)
+        self.after()
+
+
+def test_the_collector_is_held_off_until_the_last_of_overlapping_lists_is_handed_over(
+    kube_api: KubeApiServer, start_reflector: StartReflector
+) -> None:
+    kube_api.create(service("web"))
+    kube_api.create(endpoint_slice("web-a", "web"))
+    first_inside, second_inside = threading.Event(), threading.Event()
+
+    def first_watch_sent() -> None:
+        """The Service reflector is past its list (it watches): it was first in, first out."""
+        first_inside.wait(5)
+        second_inside.set()
+        assert wait_until(lambda: kube_api.count_requests(verb="watch") > 0)
+
+    services = GatedHandler(first_inside.set, lambda: second_inside.wait(5))
+    slices = GatedHandler(first_watch_sent, lambda: None)
+    assert gc.isenabled()
+    with ThreadPoolExecutor(2) as pool:
+        pool.submit(start_reflector, SERVICES, handler=services)
+        pool.submit(start_reflector, ENDPOINT_SLICES, handler=slices)
+    assert services.names() == {"web"}
+    assert slices.names() == {"web-a"}
+    assert (services.collector_enabled, slices.collector_enabled) == ([False], [False])
+    assert gc.isenabled()
 
 
 def test_backoff_doubles_to_its_cap_with_jitter() -> None:

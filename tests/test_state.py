@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import copy
+import ipaddress
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 
 from waolb._native import ServicePort
 from waolb.state import (
     ClusterState,
     EndpointInfo,
+    MalformedObjectError,
     NativePortCache,
     PortEndpoints,
     ServiceName,
     ServicePortKey,
+    parse_endpoint_slice,
     parse_service,
 )
 
@@ -226,6 +231,45 @@ def test_slices_of_a_service_merge_and_duplicates_collapse(state: ClusterState) 
     assert port.endpoints[0].is_local
 
 
+def test_duplicates_within_a_slice_collapse_like_duplicates_across_slices(
+    state: ClusterState,
+) -> None:
+    state.upsert_service(service())
+    state.upsert_endpoint_slice(
+        endpoint_slice(
+            "web-a",
+            endpoints=(
+                endpoint("10.0.0.10"),
+                endpoint("10.0.0.2", node="node-c"),
+                endpoint("10.0.0.2", node=NODE, ready=False),
+                endpoint("10.0.0.9"),
+                endpoint("10.0.0.9", node="node-c"),
+            ),
+        )
+    )
+    port = state.all_ports()[key()]
+    # The local copy of 10.0.0.2 wins (and, not ready, is left out); else the first copy.
+    assert [(e.ip, e.node_name) for e in port.endpoints] == [
+        ("10.0.0.9", "node-b"),
+        ("10.0.0.10", "node-b"),
+    ]
+    # A slice with the same endpoints in another order, and other copies, is no change.
+    state.take_changes()
+    state.upsert_endpoint_slice(
+        endpoint_slice(
+            "web-a",
+            rv="2",
+            endpoints=(
+                endpoint("10.0.0.9"),
+                endpoint("10.0.0.2", node=NODE, ready=False),
+                endpoint("10.0.0.10"),
+                endpoint("10.0.0.2", node="node-d"),
+            ),
+        )
+    )
+    assert state.take_changes().services == frozenset()
+
+
 def test_ports_match_by_name_and_protocol(state: ClusterState) -> None:
     state.upsert_service(
         service(ports=(("dns", "UDP", 53), ("dns-tcp", "TCP", 53), ("metrics", "TCP", 9153)))
@@ -338,6 +382,26 @@ def test_fqdn_slices_are_ignored(state: ClusterState) -> None:
     fqdn["addressType"] = "FQDN"
     state.upsert_endpoint_slice(fqdn)
     assert ips(state.all_ports()[key()]) == []
+
+
+# Dotted quads with and without leading zeros, too few or too many parts, and anything else.
+ADDRESS_TEXTS = st.from_regex(r"\A[0-9]{1,4}(\.[0-9]{1,4}){2,4}\Z") | st.text(max_size=16)
+
+
+@given(ADDRESS_TEXTS)
+def test_endpoint_addresses_are_taken_exactly_as_ipaddress_takes_them(text: str) -> None:
+    try:
+        expected: str | None = str(ipaddress.IPv4Address(text))
+    except ValueError:
+        expected = None
+    obj = endpoint_slice("web-a", endpoints=(endpoint(text),))
+    try:
+        parsed = parse_endpoint_slice(obj, NODE)
+    except MalformedObjectError:
+        assert expected is None
+        return
+    assert parsed is not None
+    assert [e.ip for e in parsed.ports[0].endpoints] == [expected]
 
 
 # ---- malformed objects --------------------------------------------------------------------

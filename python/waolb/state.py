@@ -5,6 +5,11 @@ records, merges every EndpointSlice of a Service and address family into one end
 service port, and remembers which Services changed since the sync loop last asked, so that a
 partial sync touches only those.
 
+The start of a large cluster parses 100 000 endpoints and more at once, so the per-endpoint
+work is kept small: records are named tuples (built, compared and hashed in C), a slice builds
+the :class:`EndpointInfo` of each of its ports once, and a service port that one slice port
+serves takes that port's tuple as it is instead of merging a copy.
+
 Decisions, where kube-proxy has none to copy:
 
 * A malformed object (missing or mistyped fields, bad IPs or ports) is logged once per
@@ -15,19 +20,21 @@ Decisions, where kube-proxy has none to copy:
 * EndpointSlices are kept for every Service, tracked or not, because the Service and slice
   watches are independent: a slice may arrive before its Service (or before the Service gains
   the service-proxy-name label). Only tracked Services produce service ports.
-* Duplicate endpoints (the same address and port in two slices, while an endpoint moves between
-  slices) are resolved by slice name order, preferring a local copy, so results are
-  deterministic.
+* Duplicate endpoints (the same address and port in two slices while an endpoint moves between
+  slices, or twice in one) are resolved in slice name order then slice order, preferring a
+  local copy, so results are deterministic.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from typing import Any, Final, Literal, NamedTuple
 
 from waolb import logs
@@ -59,9 +66,11 @@ class ServiceName(NamedTuple):
         return f"{self.namespace}/{self.name}"
 
 
-@dataclass(frozen=True, order=True)
-class ServicePortKey:
-    """The identity of one programmed service port: family, Service, port name and protocol."""
+class ServicePortKey(NamedTuple):
+    """The identity of one programmed service port: family, Service, port name and protocol.
+
+    A named tuple: the sync loop hashes and compares keys for every port, and tuples do that in C.
+    """
 
     family: int  # 4 or 6
     namespace: str
@@ -96,8 +105,9 @@ class ServicePortInfo:
     annotations: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 
-@dataclass(frozen=True)
-class EndpointInfo:
+class EndpointInfo(NamedTuple):
+    """One endpoint of one service port."""
+
     ip: str
     port: int
     node_name: str | None
@@ -113,7 +123,8 @@ class PortEndpoints:
     """What one service port is programmed from: the port and the endpoints traffic may use."""
 
     info: ServicePortInfo
-    # Ready endpoints, or serving-and-terminating ones when none is ready; sorted by address.
+    # Ready endpoints, or serving-and-terminating ones when none is ready; sorted by address
+    # value, then port.
     endpoints: tuple[EndpointInfo, ...]
 
 
@@ -133,7 +144,13 @@ class MalformedObjectError(ValueError):
 # ---- parsing -----------------------------------------------------------------------------
 
 
+# The exact-type tests below are fast paths: decoded JSON holds exact dicts, lists, strs, ints
+# and bools, and the parsers run for every endpoint of the cluster.
+
+
 def _expect(value: object, kind: type | tuple[type, ...], where: str, what: str) -> Any:
+    if type(value) is kind:
+        return value
     # bool is an int subclass; a JSON true is never a port number.
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
         raise MalformedObjectError(f"{where}: expected {what}, got {value!r}")
@@ -142,13 +159,18 @@ def _expect(value: object, kind: type | tuple[type, ...], where: str, what: str)
 
 def _optional(obj: Mapping[str, Any], key: str, kind: type, where: str, what: str) -> Any:
     value = obj.get(key)
-    return None if value is None else _expect(value, kind, f"{where}.{key}" if where else key, what)
+    if value is None or type(value) is kind:
+        return value
+    return _expect(value, kind, f"{where}.{key}" if where else key, what)
 
 
 def _string_map(obj: Mapping[str, Any], key: str, where: str) -> dict[str, str]:
-    value = _optional(obj, key, dict, where, "a map") or {}
+    value = _optional(obj, key, dict, where, "a map")
+    if not value:
+        return {}
     for name, text in value.items():
-        _expect(text, str, f"{where}.{key}[{name}]", "a string")
+        if type(text) is not str:
+            _expect(text, str, f"{where}.{key}[{name}]", "a string")
     return dict(value)
 
 
@@ -166,17 +188,24 @@ def _protocol(obj: Mapping[str, Any], where: str) -> str:
     return str(protocol)
 
 
-def _ip_family(address: object, where: str) -> tuple[str, int]:
+def _ip_address(address: object, where: str) -> tuple[str, int, bytes]:
+    """An IP address in canonical text, its family (4 or 6) and its packed bytes."""
+    if type(address) is str:
+        # inet_pton takes exactly the dotted quads ipaddress takes (no leading zeros, no short
+        # forms), and those are canonical already: 50 times faster for the common case.
+        try:
+            return address, 4, socket.inet_pton(socket.AF_INET, address)
+        except (OSError, ValueError):
+            pass
     text: str = _expect(address, str, where, "an IP address")
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
         raise MalformedObjectError(f"{where}: {text!r} is not an IP address") from None
-    return str(ip), ip.version
+    return str(ip), ip.version, ip.packed
 
 
-@dataclass(frozen=True)
-class _Metadata:
+class _Metadata(NamedTuple):
     namespace: str
     name: str
     resource_version: str
@@ -245,7 +274,7 @@ def parse_service(obj: object) -> ParsedService | None:
         return None
     ip_by_family: dict[int, str] = {}
     for index, address in enumerate(cluster_ips):
-        ip, family = _ip_family(address, f"spec.clusterIPs[{index}]")
+        ip, family, _ = _ip_address(address, f"spec.clusterIPs[{index}]")
         if family in ip_by_family:
             raise MalformedObjectError("spec.clusterIPs: two addresses of one IP family")
         ip_by_family[family] = ip
@@ -324,38 +353,40 @@ def _traffic_policy(spec: Mapping[str, Any], key: str) -> str:
     return str(policy)
 
 
-@dataclass(frozen=True)
-class SlicePort:
+class SlicePort(NamedTuple):
+    """One port of an EndpointSlice, with the slice's endpoints as that port's endpoints."""
+
     name: str
     protocol: str
     port: int
-
-
-@dataclass(frozen=True)
-class SliceEndpoint:
-    ip: str
-    node_name: str | None
-    zone: str | None
-    ready: bool
-    serving: bool
-    terminating: bool
+    # One per address (see parse_endpoint_slice), sorted by address value.
+    endpoints: tuple[EndpointInfo, ...]
 
 
 @dataclass(frozen=True)
 class ParsedEndpointSlice:
-    """An EndpointSlice as the proxy keeps it: the Service it belongs to, ports, endpoints."""
+    """An EndpointSlice as the proxy keeps it: the Service it belongs to, and its ports."""
 
     service: ServiceName
     name: str
     family: int
     ports: tuple[SlicePort, ...]
-    endpoints: tuple[SliceEndpoint, ...]
     resource_version: str = field(compare=False)
     trigger_time: float | None = field(compare=False)
 
 
-def parse_endpoint_slice(obj: object) -> ParsedEndpointSlice | None:
-    """Parse an EndpointSlice; None for FQDN slices, which kube-proxy ignores."""
+# (ip, node name, zone, ready, serving, terminating, local): an EndpointInfo less its port.
+_SliceEndpoint = tuple[str, str | None, str | None, bool, bool, bool, bool]
+
+
+def parse_endpoint_slice(obj: object, node_name: str) -> ParsedEndpointSlice | None:
+    """Parse an EndpointSlice; None for FQDN slices, which kube-proxy ignores.
+
+    ``node_name`` is this proxy's node, which makes an endpoint local. Of two endpoints with one
+    address, the first local one is kept, else the first: what merging the slice's ports into
+    service ports would keep, done once here so that a service port one slice port serves takes
+    that port's endpoints as they are.
+    """
     meta = _metadata(obj)
     assert isinstance(obj, dict)  # _metadata checked it
     service_name = meta.labels.get(SERVICE_NAME_LABEL)
@@ -368,7 +399,7 @@ def parse_endpoint_slice(obj: object) -> ParsedEndpointSlice | None:
         raise MalformedObjectError(f"addressType: unknown address type {address_type!r}")
     family = _ADDRESS_FAMILIES[address_type]
 
-    ports = []
+    ports: list[tuple[str, str, int]] = []
     for index, port in enumerate(_optional(obj, "ports", list, "", "a list") or []):
         where = f"ports[{index}]"
         _expect(port, dict, where, "an object")
@@ -381,51 +412,70 @@ def parse_endpoint_slice(obj: object) -> ParsedEndpointSlice | None:
             )
             continue
         ports.append(
-            SlicePort(
+            (
                 # The API server defaults a missing name to "" and protocol to TCP.
-                name=_optional(port, "name", str, where, "a name") or "",
-                protocol=_protocol(port, where),
-                port=_port_number(number, f"{where}.port"),
+                _optional(port, "name", str, where, "a name") or "",
+                _protocol(port, where),
+                _port_number(number, f"{where}.port"),
             )
         )
 
-    endpoints = []
+    # By address: the packed address (to sort by) and the endpoint.
+    by_address: dict[str, tuple[bytes, _SliceEndpoint]] = {}
     for index, endpoint in enumerate(_optional(obj, "endpoints", list, "", "a list") or []):
-        where = f"endpoints[{index}]"
-        _expect(endpoint, dict, where, "an object")
-        addresses = _expect(endpoint.get("addresses"), list, f"{where}.addresses", "a list")
-        if not addresses:
-            raise MalformedObjectError(f"{where}.addresses: empty")
-        ip, ip_family = _ip_family(addresses[0], f"{where}.addresses[0]")
-        if ip_family != family:
-            raise MalformedObjectError(
-                f"{where}.addresses[0]: {ip} is not an {address_type} address"
-            )
-        conditions = _optional(endpoint, "conditions", dict, where, "an object") or {}
-        condition = {
-            name: _optional(conditions, name, bool, f"{where}.conditions", "true or false")
-            for name in ("ready", "serving", "terminating")
-        }
-        endpoints.append(
-            SliceEndpoint(
-                ip=ip,
-                node_name=_optional(endpoint, "nodeName", str, where, "a node name"),
-                zone=_optional(endpoint, "zone", str, where, "a zone"),
-                # kube-proxy: unknown readiness counts as ready, unknown termination as not.
-                ready=condition["ready"] is not False,
-                serving=condition["serving"] is not False,
-                terminating=condition["terminating"] is True,
-            )
-        )
+        if type(endpoint) is not dict:
+            _expect(endpoint, dict, f"endpoints[{index}]", "an object")
+        try:
+            packed, parsed = _slice_endpoint(endpoint, family, node_name)
+        except MalformedObjectError as error:
+            raise MalformedObjectError(f"endpoints[{index}].{error}") from None
+        kept = by_address.get(parsed[0])
+        if kept is None or (parsed[-1] and not kept[1][-1]):
+            by_address[parsed[0]] = packed, parsed
+    endpoints = [parsed for _, parsed in sorted(by_address.values(), key=itemgetter(0))]
     return ParsedEndpointSlice(
         service=ServiceName(meta.namespace, service_name),
         name=meta.name,
         family=family,
-        ports=tuple(sorted(ports, key=lambda p: (p.port, p.name, p.protocol))),
-        endpoints=tuple(sorted(endpoints, key=lambda e: e.ip)),
+        ports=tuple(
+            SlicePort(
+                name,
+                protocol,
+                number,
+                tuple(
+                    [
+                        EndpointInfo(ip, number, node, zone, ready, serving, terminating, local)
+                        for ip, node, zone, ready, serving, terminating, local in endpoints
+                    ]
+                ),
+            )
+            for name, protocol, number in sorted(ports, key=lambda p: (p[2], p[0], p[1]))
+        ),
         resource_version=meta.resource_version,
         trigger_time=_trigger_time(meta),
     )
+
+
+def _slice_endpoint(
+    endpoint: Mapping[str, Any], family: int, node_name: str
+) -> tuple[bytes, _SliceEndpoint]:
+    """One endpoint of a slice and its packed address; errors name fields from the endpoint."""
+    addresses = endpoint.get("addresses")
+    if type(addresses) is not list:
+        addresses = _expect(addresses, list, "addresses", "a list")
+    if not addresses:
+        raise MalformedObjectError("addresses: empty")
+    ip, ip_family, packed = _ip_address(addresses[0], "addresses[0]")
+    if ip_family != family:
+        raise MalformedObjectError(f"addresses[0]: {ip} is not an IPv{family} address")
+    conditions = _optional(endpoint, "conditions", dict, "", "an object") or {}
+    # kube-proxy: unknown readiness counts as ready, unknown termination as not.
+    ready = _optional(conditions, "ready", bool, "conditions", "true or false") is not False
+    serving = _optional(conditions, "serving", bool, "conditions", "true or false") is not False
+    terminating = _optional(conditions, "terminating", bool, "conditions", "true or false") is True
+    node = _optional(endpoint, "nodeName", str, "", "a node name")
+    zone = _optional(endpoint, "zone", str, "", "a zone")
+    return packed, (ip, node, zone, ready, serving, terminating, node == node_name)
 
 
 def _trigger_time(meta: _Metadata) -> float | None:
@@ -442,22 +492,35 @@ def _trigger_time(meta: _Metadata) -> float | None:
 # ---- the tracker -------------------------------------------------------------------------
 
 
-def _endpoint_order(
-    endpoint: EndpointInfo,
-) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
-    return ipaddress.ip_address(endpoint.ip), endpoint.port
+def merge_endpoints(slice_ports: Sequence[Sequence[EndpointInfo]]) -> Sequence[EndpointInfo]:
+    """The endpoints of the slice ports serving one service port, sorted by address value and
+    port; of two copies of an endpoint, the first local one, else the first."""
+    if len(slice_ports) == 1:
+        return slice_ports[0]  # unique and sorted already
+    merged: dict[tuple[str, int], EndpointInfo] = {}
+    for endpoints in slice_ports:
+        for endpoint in endpoints:
+            key = (endpoint.ip, endpoint.port)
+            kept = merged.setdefault(key, endpoint)
+            if endpoint.is_local and not kept.is_local:
+                merged[key] = endpoint
+    return sorted(merged.values(), key=lambda e: (_ip_address(e.ip, "ip")[2], e.port))
 
 
 def select_endpoints(
-    info: ServicePortInfo, endpoints: Iterable[EndpointInfo]
+    info: ServicePortInfo, endpoints: Sequence[EndpointInfo]
 ) -> tuple[EndpointInfo, ...]:
-    """kube-proxy's choice for cluster IP traffic: local only if internalTrafficPolicy is Local;
-    ready endpoints, else the serving and terminating ones."""
-    candidates = [e for e in endpoints if e.is_local or info.internal_traffic_policy != "Local"]
-    chosen = [e for e in candidates if e.ready] or [
-        e for e in candidates if e.serving and e.terminating
-    ]
-    return tuple(sorted(chosen, key=_endpoint_order))
+    """kube-proxy's choice for cluster IP traffic, in the order given: local only if
+    internalTrafficPolicy is Local; ready endpoints, else the serving and terminating ones."""
+    candidates = (
+        [e for e in endpoints if e.is_local]
+        if info.internal_traffic_policy == "Local"
+        else endpoints
+    )
+    ready = [e for e in candidates if e.ready]
+    if len(ready) == len(candidates):
+        return tuple(candidates)  # the same object when a slice port's tuple comes in
+    return tuple(ready or [e for e in candidates if e.serving and e.terminating])
 
 
 class ClusterState:
@@ -603,28 +666,16 @@ class ClusterState:
         )
         result = {}
         for info in service.ports:
-            merged: dict[tuple[str, int], EndpointInfo] = {}
-            for endpoint_slice in slices:
-                if endpoint_slice.family != info.key.family:
-                    continue
-                for port in endpoint_slice.ports:
-                    if (port.name, port.protocol) != (info.key.port_name, info.key.protocol):
-                        continue
-                    for endpoint in endpoint_slice.endpoints:
-                        candidate = EndpointInfo(
-                            ip=endpoint.ip,
-                            port=port.port,
-                            node_name=endpoint.node_name,
-                            zone=endpoint.zone,
-                            ready=endpoint.ready,
-                            serving=endpoint.serving,
-                            terminating=endpoint.terminating,
-                            is_local=endpoint.node_name == self._node_name,
-                        )
-                        existing = merged.get((endpoint.ip, port.port))
-                        if existing is None or (candidate.is_local and not existing.is_local):
-                            merged[(endpoint.ip, port.port)] = candidate
-            result[info.key] = PortEndpoints(info, select_endpoints(info, merged.values()))
+            key = info.key
+            slice_ports = [
+                port.endpoints
+                for endpoint_slice in slices
+                if endpoint_slice.family == key.family
+                for port in endpoint_slice.ports
+                if port.name == key.port_name and port.protocol == key.protocol
+            ]
+            endpoints = merge_endpoints(slice_ports)
+            result[key] = PortEndpoints(info, select_endpoints(info, endpoints))
         return result
 
     def _mark(self, name: ServiceName) -> bool:
@@ -662,7 +713,7 @@ class ClusterState:
         namespace, name, _ = _identity(obj)
         key = (namespace, name)
         try:
-            parsed = parse_endpoint_slice(obj)
+            parsed = parse_endpoint_slice(obj, self._node_name)
         except MalformedObjectError as error:
             self._report("EndpointSlice", obj, error)
             return key, False
