@@ -40,6 +40,9 @@ log = logs.get_logger(__name__)
 CPU_PER_REQUEST_ANNOTATION: Final = "waok8s.github.io/cpu-per-request"
 LOG_INTERVAL: Final = 60.0
 LOGGED_EXAMPLES: Final = 5
+# A sync that meets unknown nodes wakes scoring; waiting this long first lets the sync finish
+# registering its ports (a full sync asks for thousands) instead of competing with it.
+WAKE_SETTLE: Final = 0.1
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,9 @@ class PortScore:
     """One port's last weights and what they came from, for syncs and for ``waolb weights``."""
 
     key: ServicePortKey
-    # (ip, port, node) per endpoint: the weights stand for exactly these endpoints.
-    endpoints: tuple[tuple[str, int, str | None], ...]
+    # The weights stand for exactly these endpoints (the state hands the same tuple to every
+    # sync until they change, so the usual check is one identity comparison).
+    endpoints: tuple[EndpointInfo, ...]
     cpu_per_request: float
     deltas: tuple[float, ...]  # NaN: the node could not be scored
     weights: tuple[int, ...] | None  # None: equal shares (nothing scored)
@@ -116,6 +120,7 @@ class WaoWeights:
         self._ports: dict[ServicePortKey, PortScore] = {}
         self._power: dict[tuple[str, float], NodePower] = {}
         self._wanted_now = False
+        self._last_wanted_at = float("-inf")
         self._wake = threading.Condition(self._lock)
         self._listeners: list[WeightsChanged] = []
         self._thread: threading.Thread | None = None
@@ -143,27 +148,28 @@ class WaoWeights:
         self, port: ServicePortInfo, endpoints: Sequence[EndpointInfo]
     ) -> Sequence[int] | None:
         """The port's weights from the latest deltas; never waits for a prediction."""
-        identity = tuple((e.ip, e.port, e.node_name) for e in endpoints)
+        identity = tuple(endpoints)
         cpu_per_request = self._cpu_per_request(port)
         now = self._clock()
         with self._lock:
             known = self._ports.get(port.key)
             if (
                 known is not None
-                and known.endpoints == identity
+                and (known.endpoints is identity or known.endpoints == identity)
                 and known.cpu_per_request == cpu_per_request
             ):
                 self._ports[port.key] = _asked(known, now)
                 return known.weights
             power = self._power
-        deltas = tuple(_delta(power, node, cpu_per_request) for _, _, node in identity)
+        deltas = tuple(_delta(power, e.node_name, cpu_per_request) for e in identity)
         weights = _port_weights(deltas)
         score = PortScore(port.key, identity, cpu_per_request, deltas, weights, now)
-        unknown = any((node, cpu_per_request) not in power for _, _, node in identity if node)
+        unknown = any((e.node_name, cpu_per_request) not in power for e in identity if e.node_name)
         with self._lock:
             self._ports[port.key] = score
             if unknown:
                 self._wanted_now = True
+                self._last_wanted_at = now
                 self._wake.notify()
         # A fallback here is counted by the scoring round this port is now part of.
         return weights
@@ -182,6 +188,11 @@ class WaoWeights:
                     self._wake.wait(delay)
                 if self._stopping:
                     return
+                while self._wanted_now and not self._stopping:
+                    quiet_for = self._clock() - self._last_wanted_at
+                    if quiet_for >= WAKE_SETTLE:
+                        break
+                    self._wake.wait(WAKE_SETTLE - quiet_for)
                 self._wanted_now = False
             try:
                 self.refresh()
@@ -201,9 +212,9 @@ class WaoWeights:
             ports = list(self._ports.values())
         wanted: dict[str, set[float]] = {}
         for port in ports:
-            for _, _, node in port.endpoints:
-                if node:
-                    wanted.setdefault(node, set()).add(port.cpu_per_request)
+            for endpoint in port.endpoints:
+                if endpoint.node_name:
+                    wanted.setdefault(endpoint.node_name, set()).add(port.cpu_per_request)
         power = self._scorer.score(wanted)
         self._report_unscored_nodes(power.values())
 
@@ -211,7 +222,7 @@ class WaoWeights:
         flat = array("d")
         offsets = array("q", [0])
         for port in ports:
-            flat.extend(_delta(power, node, port.cpu_per_request) for _, _, node in port.endpoints)
+            flat.extend(_delta(power, e.node_name, port.cpu_per_request) for e in port.endpoints)
             offsets.append(len(flat))
         scores = wao_scores(memoryview(flat), offsets) if ports else []
 
@@ -302,14 +313,14 @@ class WaoWeights:
                     "fallback": port.weights is None,
                     "endpoints": [
                         {
-                            "ip": ip,
-                            "port": number,
-                            "node": node,
+                            "ip": endpoint.ip,
+                            "port": endpoint.port,
+                            "node": endpoint.node_name,
                             "delta_watts": None if math.isnan(delta) else delta,
                             "weight": weight,
                             "share": share,
                         }
-                        for (ip, number, node), delta, weight, share in zip(
+                        for endpoint, delta, weight, share in zip(
                             port.endpoints, port.deltas, weights, shares(weights), strict=True
                         )
                     ],
