@@ -91,7 +91,11 @@ def full_sync(benchmark: BenchmarkFixture, namespace: Netns, count: int, rounds:
     with entered(namespace):
         dataplane = Dataplane()
         stats = benchmark.pedantic(dataplane.replace, args=(services,), rounds=rounds, iterations=1)
-    benchmark.extra_info.update(messages=stats["messages"], batch_bytes=stats["bytes"])
+    # The main table and the shard tables the service chains are spread over.
+    tables = namespace.nft("list", "tables", "ip").stdout.count("table ")
+    benchmark.extra_info.update(
+        messages=stats["messages"], batch_bytes=stats["bytes"], tables=tables
+    )
     assert stats["services"] == count
 
 
@@ -125,6 +129,15 @@ def test_partial_sync_one_of_10000(benchmark: BenchmarkFixture, namespace: Netns
         dataplane.replace(services)
         stats = benchmark.pedantic(change_one, rounds=30, iterations=1)
     assert stats["messages"] == 1 + ENDPOINTS_PER_SERVICE  # flush + one rule per endpoint
+
+
+@pytest.mark.benchmark(group="read back 100 000 endpoint rules (waolb weights)")
+def test_read_endpoints_10000(benchmark: BenchmarkFixture, namespace: Netns) -> None:
+    with entered(namespace):
+        dataplane = Dataplane()
+        dataplane.replace(make_services(10_000))
+        endpoints = benchmark.pedantic(dataplane.read_endpoints, rounds=3, iterations=1)
+    assert len(endpoints) == 10_000 * ENDPOINTS_PER_SERVICE
 
 
 def nft_load(benchmark: BenchmarkFixture, namespace: Netns, text: str, tmp_path: Path) -> None:

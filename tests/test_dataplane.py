@@ -157,6 +157,8 @@ REGULAR_CHAINS = [
     "mark-for-masquerade",
     "masquerading",
 ]
+#: A shard table's own chains: it only dispatches new connections to its service chains.
+SHARD_CHAINS = ["services", "nat-prerouting", "nat-output"]
 
 
 def infrastructure_rules(family: str, mark: int = MARK) -> dict[str, list[dict[str, Any]]]:
@@ -240,6 +242,7 @@ def expected_service_rules(service: ServicePort) -> list[dict[str, Any]]:
             expr.append({"match": {"op": "<", "left": numgen, "right": weight}})
         expr.append({"dnat": {"addr": addr, "port": port}})
         comment = (
+            f"endpoint {endpoint_text(addr, port)}, "
             f"weight {weight} of {total} ({100 * weight / total:.1f}%), "
             f"range {start}-{start + weight - 1}"
         )
@@ -248,29 +251,98 @@ def expected_service_rules(service: ServicePort) -> list[dict[str, Any]]:
     return rules
 
 
+def endpoint_text(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def expected_endpoints(services: Sequence[ServicePort]) -> list[dict[str, Any]]:
+    """What ``read_endpoints`` must return: one entry per endpoint of weight > 0, services in
+    (family, namespace, name, protocol, port name) order, endpoints in rule order."""
+    ordered = sorted(services, key=lambda s: (s.family, s.namespace, s.name, s.protocol,
+                                              s.port_name))  # fmt: skip
+    return [
+        {
+            "family": s.family,
+            "namespace": s.namespace,
+            "name": s.name,
+            "protocol": s.protocol,
+            "port_name": s.port_name,
+            "ip": ip,
+            "port": port,
+            "weight": weight,
+            "total": sum(s.weights),
+        }
+        for s in ordered
+        for ip, port, weight in zip(s.endpoint_ips, s.endpoint_ports, s.weights, strict=True)
+        if weight > 0
+    ]
+
+
 def map_key(service: ServicePort) -> tuple[Any, ...]:
     return (service.cluster_ip, service.protocol, service.port)
 
 
-def assert_table_holds(listing: Listing | None, family: str, services: list[ServicePort]) -> None:
-    """The table holds the infrastructure and exactly ``services``, nothing else."""
-    assert listing is not None, f"table {family} {TABLE} is missing"
+def table_of(ns: Netns, family: str, chain: str) -> str:
+    """The one of waolb's tables (main or shard) that holds ``chain``."""
+    for table in [TABLE, *shard_names(ns, family)]:
+        if ns.nft("list", "chain", family, table, chain, check=False).returncode == 0:
+            return table
+    raise AssertionError(f"no table of {family} holds {chain}")
+
+
+def shard_names(ns: Netns, family: str, table: str = TABLE) -> list[str]:
+    """The shard tables of ``table`` in ``family``, which must be numbered 1, 2, ... in turn."""
+    listed = ns.nft("list", "tables", family).stdout.split()
+    prefix = f"{table}-shard-"
+    names = [name for name in listed if name.startswith(prefix)]
+    assert names == [f"{prefix}{n}" for n in range(1, len(names) + 1)], names
+    return names
+
+
+def assert_tables_hold(
+    ns: Netns, family: str, services: Sequence[ServicePort], table: str = TABLE
+) -> Listing:
+    """waolb's tables of ``family`` hold the infrastructure and exactly ``services``, nothing
+    else: each balanced port's chain and ``service-ips`` element in the same table (the main
+    table or a shard), everything else in the main table. Returns the main table."""
+    main = read_table(ns, family, table)
+    assert main is not None, f"table {family} {table} is missing"
+    listings = {table: main}
+    for name in shard_names(ns, family, table):
+        shard = read_table(ns, family, name)
+        assert shard is not None
+        listings[name] = shard
     balanced = [s for s in services if any(w > 0 for w in s.weights)]
     rejected = [s for s in services if s not in balanced]
     addr_type = "ipv4_addr" if family == "ip" else "ipv6_addr"
-    assert set(listing.sets) == {"service-ips", "no-endpoint-services", "hairpin-endpoints"}
-    for name in ("service-ips", "no-endpoint-services"):
-        meta = {k: v for k, v in listing.sets[name].items() if k != "elem"}
-        assert meta == {
-            "kind": "map",
-            "type": [addr_type, "inet_proto", "inet_service"],
-            "map": "verdict",
-        }
-    meta = {k: v for k, v in listing.sets["hairpin-endpoints"].items() if k != "elem"}
-    assert meta == {"kind": "set", "type": [addr_type, addr_type]}
+    verdict_map = {"kind": "map", "type": [addr_type, "inet_proto", "inet_service"],
+                   "map": "verdict"}  # fmt: skip
+    infrastructure = infrastructure_rules(family)
+    elements: dict[tuple[Any, ...], str] = {}
+    for name, listing in listings.items():
+        is_main = name == table
+        own = listing.verdict_map("service-ips")
+        elements.update(own)
+        # A table's service chains are exactly those its own service-ips reaches.
+        service_chains = sorted(chain for chain in listing.chains if "/" in chain)
+        assert service_chains == sorted(own.values()), name
+        expected_sets = {"service-ips", "no-endpoint-services", "hairpin-endpoints"}
+        assert set(listing.sets) == (expected_sets if is_main else {"service-ips"}), name
+        for map_name in set(listing.sets) - {"hairpin-endpoints"}:
+            meta = {k: v for k, v in listing.sets[map_name].items() if k != "elem"}
+            assert meta == verdict_map, (name, map_name)
+        own_chains = REGULAR_CHAINS + list(BASE_CHAINS) if is_main else SHARD_CHAINS
+        expected_chains = {chain: BASE_CHAINS.get(chain, {}) for chain in own_chains}
+        assert listing.chains == expected_chains | {chain: {} for chain in service_chains}, name
+        expected_rules = {chain: infrastructure[chain] for chain in own_chains}
+        by_chain = {chain_of(s): s for s in balanced}
+        expected_rules.update({c: expected_service_rules(by_chain[c]) for c in service_chains})
+        assert listing.rules == expected_rules, name
+    assert elements == {map_key(s): chain_of(s) for s in balanced}
 
-    assert listing.verdict_map("service-ips") == {map_key(s): chain_of(s) for s in balanced}
-    assert listing.verdict_map("no-endpoint-services") == {
+    meta = {k: v for k, v in main.sets["hairpin-endpoints"].items() if k != "elem"}
+    assert meta == {"kind": "set", "type": [addr_type, addr_type]}
+    assert main.verdict_map("no-endpoint-services") == {
         map_key(s): "reject-chain" for s in rejected
     }
     hairpin = {
@@ -279,15 +351,8 @@ def assert_table_holds(listing: Listing | None, family: str, services: list[Serv
         for addr, w in zip(s.endpoint_ips, s.weights, strict=True)
         if w > 0
     }
-    assert listing.hairpin() == hairpin
-
-    expected_chains: dict[str, dict[str, Any]] = {name: {} for name in REGULAR_CHAINS}
-    expected_chains.update(BASE_CHAINS)
-    expected_chains.update({chain_of(s): {} for s in balanced})
-    assert listing.chains == expected_chains
-    expected_rules = infrastructure_rules(family)
-    expected_rules.update({chain_of(s): expected_service_rules(s) for s in balanced})
-    assert listing.rules == expected_rules
+    assert main.hairpin() == hairpin
+    return main
 
 
 # ---- fixtures -------------------------------------------------------------------------------
@@ -335,7 +400,7 @@ def test_replace_programs_exactly_the_expected_objects(netns: Netns) -> None:
     stats = new_dataplane(netns).replace(services)
     assert stats["services"] == len(services)
     assert stats["messages"] > 0 and stats["bytes"] > 0
-    assert_table_holds(read_table(netns, "ip"), "ip", services)
+    assert_tables_hold(netns, "ip", services)
     # Rules spelled out once by hand, so a shared mistake in the helper cannot hide.
     rules = read_table(netns, "ip").rules  # type: ignore[union-attr]
     assert rules["service-default/web/tcp/http"] == [
@@ -345,7 +410,7 @@ def test_replace_programs_exactly_the_expected_objects(netns: Netns) -> None:
                                                           "offset": 0}}, "right": 100}},
                 {"dnat": {"addr": "10.244.0.10", "port": 8080}},
             ],
-            "comment": "weight 100 of 247 (40.5%), range 0-99",
+            "comment": "endpoint 10.244.0.10:8080, weight 100 of 247 (40.5%), range 0-99",
         },
         {
             "expr": [
@@ -353,20 +418,20 @@ def test_replace_programs_exactly_the_expected_objects(netns: Netns) -> None:
                                                           "offset": 0}}, "right": 80}},
                 {"dnat": {"addr": "10.244.0.11", "port": 8080}},
             ],
-            "comment": "weight 80 of 247 (32.4%), range 100-179",
+            "comment": "endpoint 10.244.0.11:8080, weight 80 of 247 (32.4%), range 100-179",
         },
         {
             "expr": [{"dnat": {"addr": "10.244.0.12", "port": 8080}}],
-            "comment": "weight 67 of 247 (27.1%), range 180-246",
+            "comment": "endpoint 10.244.0.12:8080, weight 67 of 247 (27.1%), range 180-246",
         },
     ]  # fmt: skip
     # The weight-0 endpoint owns no range and no rule, and no hairpin pair.
     assert [r["comment"] for r in rules["service-default/zero/tcp/"]] == [
-        "weight 3 of 4 (75.0%), range 0-2",
-        "weight 1 of 4 (25.0%), range 3-3",
+        "endpoint 10.244.0.30:80, weight 3 of 4 (75.0%), range 0-2",
+        "endpoint 10.244.0.32:80, weight 1 of 4 (25.0%), range 3-3",
     ]
     # Only the families in use get services; the other table is there, empty.
-    assert_table_holds(read_table(netns, "ip6"), "ip6", [])
+    assert_tables_hold(netns, "ip6", [])
 
 
 def test_ipv6_services_land_in_the_ip6_table(netns: Netns) -> None:
@@ -375,9 +440,13 @@ def test_ipv6_services_land_in_the_ip6_table(netns: Netns) -> None:
         "dns", "fd00:96::a", [], namespace="kube-system", port_name="dns", protocol="udp", port=53
     )
     new_dataplane(netns).replace([WEB, web6, dns6])
-    assert_table_holds(read_table(netns, "ip6"), "ip6", [web6, dns6])
-    assert_table_holds(read_table(netns, "ip"), "ip", [WEB])
-    assert "dnat to [fd00:244::10]:8080" in netns.nft("list", "table", "ip6", TABLE).stdout
+    assert_tables_hold(netns, "ip6", [web6, dns6])
+    assert_tables_hold(netns, "ip", [WEB])
+    text = netns.nft("list", "table", "ip6", TABLE).stdout
+    assert (
+        'dnat to [fd00:244::10]:8080 comment "endpoint [fd00:244::10]:8080, weight 2 of 3 '
+        '(66.7%), range 0-1"' in text
+    )
 
 
 def test_the_longest_chain_name_the_kernel_takes_is_programmed(netns: Netns) -> None:
@@ -386,7 +455,7 @@ def test_the_longest_chain_name_the_kernel_takes_is_programmed(netns: Netns) -> 
                   port_name="p" * 4)  # fmt: skip
     assert len(chain_of(longest)) == 255
     new_dataplane(netns).replace([longest])
-    assert_table_holds(read_table(netns, "ip"), "ip", [longest])
+    assert_tables_hold(netns, "ip", [longest])
     with pytest.raises(ValueError, match="longer than 255 bytes"):
         svc("n" * 38, "10.96.0.77", [], namespace="a" * 200, port_name="p" * 4)
 
@@ -420,16 +489,12 @@ def test_many_services_round_trip_in_one_transaction(netns: Netns) -> None:
     ]
     stats = new_dataplane(netns).replace(services)
     assert stats["services"] == 3000
-    listing = read_table(netns, "ip")
-    assert listing is not None
-    assert listing.verdict_map("service-ips") == {map_key(s): chain_of(s) for s in services}
-    assert len(listing.hairpin()) == 3001
-    assert len(listing.chains) == 3000 + len(REGULAR_CHAINS) + len(BASE_CHAINS)
-    assert listing.rules["service-default/s2999/tcp/http"] == expected_service_rules(services[2999])
+    main = assert_tables_hold(netns, "ip", services)
+    assert len(main.hairpin()) == 3001
 
 
 def test_the_largest_service_allowed_is_programmed(netns: Netns) -> None:
-    """100 000 endpoints, the limit: one chain of 100 000 rules (a 45 MB batch)."""
+    """100 000 endpoints, the limit: one chain of 100 000 rules (a 48 MB batch)."""
     count = 100_000
     ips = [f"10.{i >> 16}.{i >> 8 & 255}.{i & 255}" for i in range(1, count + 1)]
     weights = [1 + i % 100 for i in range(count)]
@@ -437,23 +502,22 @@ def test_the_largest_service_allowed_is_programmed(netns: Netns) -> None:
     dp = new_dataplane(netns)
     stats = dp.replace([big])
     assert stats["messages"] > count
-    text = netns.nft("list", "chain", "ip", TABLE, chain_of(big)).stdout
-    rules = [line.strip() for line in text.splitlines() if "dnat to" in line]
+    text = netns.nft("list", "chain", "ip", table_of(netns, "ip", chain_of(big)), chain_of(big))
+    rules = [line.strip() for line in text.stdout.splitlines() if "dnat to" in line]
     total = sum(weights)
     assert len(rules) == count
     assert rules[0] == (
-        f'numgen random mod {total} < 1 dnat to 10.0.0.1:8080 comment "weight 1 of {total} '
-        '(0.0%), range 0-0"'
+        f'numgen random mod {total} < 1 dnat to 10.0.0.1:8080 comment "endpoint 10.0.0.1:8080, '
+        f'weight 1 of {total} (0.0%), range 0-0"'
     )
     assert rules[-1] == (
-        f'dnat to {ips[-1]}:8080 comment "weight 100 of {total} (0.0%), range '
-        f'{total - 100}-{total - 1}"'
+        f'dnat to {ips[-1]}:8080 comment "endpoint {ips[-1]}:8080, weight 100 of {total} '
+        f'(0.0%), range {total - 100}-{total - 1}"'
     )
     # Shrinking it again is a partial sync like any other.
     small = svc("big", "10.96.0.10", [("10.0.0.1", 8080, 1)])
     dp.apply([small], [])
-    listing = read_table(netns, "ip")
-    assert_table_holds(listing, "ip", [small])
+    assert_tables_hold(netns, "ip", [small])
 
 
 # ---- partial sync ---------------------------------------------------------------------------
@@ -483,7 +547,7 @@ def test_partial_apply_touches_only_the_changed_service(programmed: Programmed) 
     # 10.244.0.11 served only WEB; 10.244.0.10 still serves METRICS.
     assert ("10.244.0.11", "10.244.0.11") not in after.hairpin()
     assert after.hairpin() == before.hairpin() - {("10.244.0.11", "10.244.0.11")}
-    assert_table_holds(after, "ip", [web2, METRICS, DNS, API])
+    assert_tables_hold(ns, "ip", [web2, METRICS, DNS, API])
 
 
 def test_partial_apply_removes_what_it_should(programmed: Programmed) -> None:
@@ -491,9 +555,7 @@ def test_partial_apply_removes_what_it_should(programmed: Programmed) -> None:
     before = read_table(ns, "ip")
     assert before is not None
     dp.apply([], [WEB, DNS])
-    after = read_table(ns, "ip")
-    assert_table_holds(after, "ip", [METRICS, API])
-    assert after is not None
+    after = assert_tables_hold(ns, "ip", [METRICS, API])
     # The address WEB shared with METRICS keeps its hairpin pair.
     assert ("10.244.0.10", "10.244.0.10") in after.hairpin()
     for chain in (chain_of(METRICS), chain_of(API)):
@@ -513,19 +575,18 @@ def test_service_moves_between_maps_as_endpoints_come_and_go(programmed: Program
     assert map_key(API) not in listing.verdict_map("service-ips")
     assert listing.verdict_map("no-endpoint-services")[map_key(API)] == "reject-chain"
     assert chain_of(API) not in listing.chains
-    assert_table_holds(listing, "ip", [WEB, METRICS, DNS, api_empty])
+    assert_tables_hold(ns, "ip", [WEB, METRICS, DNS, api_empty])
 
     dns_back = svc("dns", "10.96.0.53", [("10.244.0.53", 53, 1)], namespace="kube-system",
                    port_name="dns", protocol="udp", port=53)  # fmt: skip
     api_back = svc("api", "10.96.0.1", [("10.244.0.22", 6443, 5)])
     dp.apply([dns_back, api_back], [])
-    listing = read_table(ns, "ip")
-    assert_table_holds(listing, "ip", [WEB, METRICS, dns_back, api_back])
+    assert_tables_hold(ns, "ip", [WEB, METRICS, dns_back, api_back])
 
     # A new cluster IP moves the element; the old key is gone.
     api_moved = svc("api", "10.96.0.2", [("10.244.0.22", 6443, 5)])
     dp.apply([api_moved], [])
-    assert_table_holds(read_table(ns, "ip"), "ip", [WEB, METRICS, dns_back, api_moved])
+    assert_tables_hold(ns, "ip", [WEB, METRICS, dns_back, api_moved])
 
 
 def test_cluster_ips_can_swap_in_one_partial_apply(programmed: Programmed) -> None:
@@ -533,7 +594,122 @@ def test_cluster_ips_can_swap_in_one_partial_apply(programmed: Programmed) -> No
     web_at_api = svc("web", "10.96.0.1", [("10.244.0.10", 8080, 1)])
     api_at_web = svc("api", "10.96.0.10", [("10.244.0.20", 6443, 1)])
     dp.apply([web_at_api, api_at_web], [])
-    assert_table_holds(read_table(ns, "ip"), "ip", [web_at_api, api_at_web, METRICS, DNS])
+    assert_tables_hold(ns, "ip", [web_at_api, api_at_web, METRICS, DNS])
+
+
+# ---- tables over shards ---------------------------------------------------------------------
+
+
+def spread(count: int, weight_offset: int = 0) -> list[ServicePort]:
+    """``count`` ports of 10 endpoints each; 1 490 of them (16 390 chains and rules) are more
+    than one table takes, so the service chains spread over shard tables."""
+    return [
+        svc(
+            f"s{i}",
+            f"10.96.{i // 250}.{i % 250 + 1}",
+            [
+                (f"10.{64 + j}.{i // 250}.{i % 250 + 1}", 8080, weight_offset + 1 + j)
+                for j in range(10)
+            ],
+        )
+        for i in range(count)
+    ]
+
+
+def table_texts(ns: Netns, family: str) -> dict[str, str]:
+    """Each of waolb's tables as ``nft -a`` prints it (with handles), by name."""
+    return {
+        name: ns.nft("-a", "list", "table", family, name).stdout
+        for name in [TABLE, *shard_names(ns, family)]
+    }
+
+
+def test_service_chains_spread_over_shard_tables_by_load(netns: Netns) -> None:
+    dp = new_dataplane(netns)
+    dp.replace([WEB, API])
+    assert shard_names(netns, "ip") == []
+    services = spread(3000)  # 33 000 chains and rules: three tables
+    dp.replace(services)
+    assert shard_names(netns, "ip") == [f"{TABLE}-shard-1", f"{TABLE}-shard-2"]
+    assert shard_names(netns, "ip6") == []
+    assert_tables_hold(netns, "ip", services)
+    per_table = {
+        table: sum(name.startswith("chain service-") for name in text.split("\t"))
+        for table, text in table_texts(netns, "ip").items()
+    }
+    assert all(800 < chains < 1200 for chains in per_table.values()), per_table
+
+    # A change rewrites its own table only: the others keep every handle.
+    before = table_texts(netns, "ip")
+    changed = spread(1500, weight_offset=5)[1499]
+    home = table_of(netns, "ip", chain_of(changed))
+    assert dp.apply([changed], [])["messages"] == 1 + 10
+    after = table_texts(netns, "ip")
+    assert {t for t in before if after[t] != before[t]} == {home}
+    assert_tables_hold(netns, "ip", [*services[:1499], changed, *services[1500:]])
+
+    # Fewer services, fewer tables; a Dataplane that did not create the shards (a restarted
+    # process) deletes them too.
+    new_dataplane(netns).replace([WEB])
+    assert shard_names(netns, "ip") == []
+    assert_tables_hold(netns, "ip", [WEB])
+    dp.replace(services)
+    new_dataplane(netns).delete_tables()
+    assert netns.ruleset() == ""
+
+
+# ---- reading the endpoints back -------------------------------------------------------------
+
+
+def test_read_endpoints_returns_what_the_kernel_holds(netns: Netns) -> None:
+    dp = new_dataplane(netns)
+    assert dp.read_endpoints() == []  # no table yet
+    zero = svc("zero", "10.96.0.20", [("10.244.0.30", 80, 3), ("10.244.0.31", 80, 0),
+                                      ("10.244.0.32", 81, 1)], port_name="")  # fmt: skip
+    web6 = svc("web", "fd00:96::10", [("fd00:244::10", 8080, 2), ("fd00:244::11", 8443, 7)])
+    dns6 = svc("dns", "fd00:96::a", [("fd00:244::53", 53, 1)], namespace="kube-system",
+               port_name="dns", protocol="udp", port=53)  # fmt: skip
+    services = [WEB, METRICS, DNS, API, zero, web6, dns6]
+    dp.replace(services)
+    endpoints = dp.read_endpoints()
+    assert endpoints == expected_endpoints(services)
+    # Spelled out once: the IPv6 port of the default namespace's web service.
+    assert {"family": 6, "namespace": "default", "name": "web", "protocol": "tcp",
+            "port_name": "http", "ip": "fd00:244::11", "port": 8443, "weight": 7,
+            "total": 9} in endpoints  # fmt: skip
+
+    web2 = svc("web", "10.96.0.10", [("10.244.0.12", 8080, 5), ("10.244.0.10", 8080, 2)])
+    dp.apply([web2], [API, dns6])
+    services = [web2, METRICS, DNS, zero, web6]
+    assert dp.read_endpoints() == expected_endpoints(services)
+
+    # What is not waolb's endpoint rule is not read: an operator's rule in a service chain,
+    # a look-alike chain in a foreign table, another table name's tables.
+    netns.nft("add", "rule", "ip", TABLE, chain_of(web2), "counter")
+    look_alike = "endpoint 10.244.0.99:80, weight 1 of 1 (100.0%), range 0-0"
+    netns.run("nft", "-f", "-", input=f"""
+        table ip other {{
+            chain {chain_of(API)} {{
+                meta l4proto tcp dnat to 10.244.0.99:80 comment "{look_alike}"
+            }}
+        }}
+    """)  # fmt: skip
+    other = new_dataplane(netns, table="lb-test")
+    other.replace([API])
+    assert dp.read_endpoints() == expected_endpoints(services)
+    assert other.read_endpoints() == expected_endpoints([API])
+    # A fresh Dataplane (the `waolb weights` command) reads the same.
+    assert new_dataplane(netns).read_endpoints() == expected_endpoints(services)
+    dp.delete_tables()
+    assert dp.read_endpoints() == []
+
+
+def test_read_endpoints_reads_every_shard(netns: Netns) -> None:
+    dp = new_dataplane(netns)
+    services = spread(2000)
+    dp.replace(services)
+    assert len(shard_names(netns, "ip")) == 1
+    assert dp.read_endpoints() == expected_endpoints(services)
 
 
 # ---- namespaces and neighbours --------------------------------------------------------------
@@ -596,7 +772,7 @@ def test_a_dataplane_programs_only_the_namespace_it_was_created_in(
         dp.replace([WEB, DNS])
         dp.apply([API], [DNS])
     assert second.ruleset() == baseline == ""
-    assert_table_holds(read_table(first, "ip"), "ip", [WEB, API])
+    assert_tables_hold(first, "ip", [WEB, API])
     with entered(second):
         dp.delete_tables()
     assert read_table(first, "ip") is None
@@ -613,9 +789,9 @@ def test_delete_tables_removes_both_and_a_later_replace_works(programmed: Progra
         dp.apply([WEB], [])
     assert ns.ruleset() == ""
     dp.replace([WEB])
-    assert_table_holds(read_table(ns, "ip"), "ip", [WEB])
+    assert_tables_hold(ns, "ip", [WEB])
     dp.apply([API], [])
-    assert_table_holds(read_table(ns, "ip"), "ip", [WEB, API])
+    assert_tables_hold(ns, "ip", [WEB, API])
 
 
 def test_a_fresh_dataplane_deletes_tables_that_are_not_there(netns: Netns) -> None:
@@ -889,11 +1065,11 @@ def test_kernel_rejection_changes_nothing_and_replace_recovers(
     assert full_ruleset(ns) == before_handles
     # A full sync rebuilds everything, the operator's additions included.
     dp.replace(programmed.services)
-    assert_table_holds(read_table(ns, "ip"), "ip", programmed.services)
-    assert_table_holds(read_table(ns, "ip6"), "ip6", [])
+    assert_tables_hold(ns, "ip", programmed.services)
+    assert_tables_hold(ns, "ip6", [])
     # ... and partial syncs work again from there.
     dp.apply([WEB_AGAIN], [DNS])
-    assert_table_holds(read_table(ns, "ip"), "ip", [WEB_AGAIN, METRICS, API])
+    assert_tables_hold(ns, "ip", [WEB_AGAIN, METRICS, API])
 
 
 def test_a_failed_apply_leaves_the_dataplane_able_to_retry(programmed: Programmed) -> None:
@@ -906,4 +1082,4 @@ def test_a_failed_apply_leaves_the_dataplane_able_to_retry(programmed: Programme
     handle = read_table(ns, "ip").handles["services"][-1]  # type: ignore[union-attr]
     ns.nft("delete", "rule", "ip", TABLE, "services", "handle", str(handle))
     dp.apply([], [WEB])
-    assert_table_holds(read_table(ns, "ip"), "ip", [METRICS, DNS, API])
+    assert_tables_hold(ns, "ip", [METRICS, DNS, API])

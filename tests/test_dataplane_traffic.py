@@ -28,6 +28,7 @@ from netns import (
     new_dataplane,
     requires_netns,
 )
+from test_dataplane import shard_names, spread, table_of
 from waolb._native import Dataplane, ServicePort
 
 pytestmark = requires_netns
@@ -247,3 +248,38 @@ def test_hairpin_traffic_is_masqueraded(net: Cluster, dp: Dataplane, family: int
     for other in ("pod1", "pod2"):
         if other in result.sources:
             assert result.sources[other] == [own], result
+
+
+# ---- service chains over several tables ----------------------------------------------------
+
+
+def test_services_answer_from_every_shard_table(net: Cluster, dp: Dataplane) -> None:
+    """Filler ports (33 000 chains and rules, endpoints nobody answers for) spread the service
+    chains over three tables, each with its own nat hooks. NAT asks the tables in turn until
+    one translates a new connection; shares, hairpin masquerade and reject must work wherever
+    a port lands."""
+    filler = spread(3000)
+    weights = [3, 2, 1]
+    # Where a port lands follows from its name; of nine names, some land in every table.
+    real = [service(net, f"web{k}", f"10.100.0.{k + 1}", weights) for k in range(9)]
+    own = [service(net, f"self{k}", f"10.100.1.{k + 1}", [1]) for k in range(9)]
+    empty = service(net, "empty", "10.100.2.1", [])
+    dp.replace([*filler, *real, *own, empty])
+    tables = shard_names(net.node, "ip")
+    assert len(tables) == 2
+
+    def home(port: ServicePort) -> str:
+        return table_of(net.node, "ip", f"service-default/{port.name}/tcp/tcp")
+
+    real_in = {home(port): port for port in real}
+    assert len(real_in) == 3, sorted(real_in)
+    for table, port in sorted(real_in.items()):
+        result = exchange(net.node, port.cluster_ip, 80, count=900)
+        assert_shares(result, net, weights, 900, f"{port.name} in {table}")
+    self_in = {home(port): port for port in own}
+    assert len(self_in) == 3, sorted(self_in)
+    for table, port in sorted(self_in.items()):
+        result = exchange(net.pods[0].ns, port.cluster_ip, 80, count=5)
+        assert result.sources == {"pod0": [net.gateway4]}, (table, result)
+    result = exchange(net.node, empty.cluster_ip, 80, count=3, timeout=5.0)
+    assert result.errors == {"ECONNREFUSED": 3}, result

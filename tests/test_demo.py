@@ -15,7 +15,10 @@ pytestmark = requires_netns
 def test_demo_programs_the_weights_and_traffic_follows(capsys: pytest.CaptureFixture[str]) -> None:
     assert demo.main(["--connections", "600"]) == 0
     out = capsys.readouterr().out
-    assert 'dnat to 10.244.0.10:8080 comment "weight 100 of 249 (40.2%), range 0-99"' in out
+    assert (
+        'dnat to 10.244.0.10:8080 comment "endpoint 10.244.0.10:8080, weight 100 of 249 '
+        '(40.2%), range 0-99"'
+    ) in out
     assert "600 connections" in out and "errors: none" in out
     rows = re.findall(r"^(pod\d)\s+\S+\s+(\d+)\s+([\d.]+)%\s+([\d.]+)%$", out, re.MULTILINE)
     assert [row[1] for row in rows] == ["100", "81", "68"]

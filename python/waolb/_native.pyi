@@ -36,6 +36,19 @@ class SyncStats(TypedDict):
     services: int
     seconds: float
 
+class ProgrammedEndpoint(TypedDict):
+    """One endpoint rule as the kernel holds it (``Dataplane.read_endpoints``)."""
+
+    family: int
+    namespace: str
+    name: str
+    protocol: str
+    port_name: str
+    ip: str
+    port: int
+    weight: int
+    total: int
+
 class NftError(OSError):
     """The kernel rejected a batch; nothing changed. ``errno`` and ``object`` say what failed."""
 
@@ -69,7 +82,8 @@ class ServicePort:
     ) -> None: ...
 
 class Dataplane:
-    """Owns the nf_tables tables named ``table`` (families ip and ip6) in the current netns."""
+    """Owns the nf_tables tables named ``table`` (families ip and ip6) in the current netns,
+    and the ``table-shard-<n>`` tables its service chains are spread over at scale."""
 
     def __init__(self, table: str = "wao-loadbalancer", masquerade_bit: int = 14) -> None: ...
     def replace(self, services: Sequence[ServicePort]) -> SyncStats:
@@ -78,5 +92,14 @@ class Dataplane:
         """Partial sync: add or change ``upsert``, delete ``remove``; nothing else is touched."""
     @property
     def table(self) -> str: ...
+    def read_endpoints(self) -> list[ProgrammedEndpoint]:
+        """The endpoint rules programmed in this dataplane's tables, read back from the kernel.
+
+        One dict per rule: the service from its chain's name, ``ip``/``port`` from the DNAT it
+        performs, ``weight``/``total`` from its comment. Sorted by family, namespace, name,
+        protocol and port name; a service's endpoints keep their rule order. Missing tables give
+        an empty list; rules that are not waolb's endpoint rules are skipped.
+        """
     def delete_tables(self) -> None:
-        """Delete both tables if they exist (``--cleanup``); the next sync must be full."""
+        """Delete the tables, main and shards, that exist (``--cleanup``); the next sync must be
+        full."""

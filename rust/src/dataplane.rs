@@ -4,7 +4,11 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use crate::netlink::Socket;
-use crate::ruleset::{BatchSummary, PendingChange, PreparedBatch, Ruleset, ServiceId, ServicePort};
+use crate::nft::{self, Family};
+use crate::ruleset::{
+    self, BatchSummary, PendingChange, PreparedBatch, ProgrammedEndpoint, Ruleset, ServiceId,
+    ServicePort, FAMILIES,
+};
 
 /// Why a sync did not happen. In every case the kernel's ruleset is as it was.
 #[derive(Debug)]
@@ -70,10 +74,11 @@ impl Dataplane {
 
     pub fn replace(&mut self, services: Vec<ServicePort>) -> Result<SyncReport, SyncError> {
         let start = Instant::now();
+        let existing = self.existing_tables()?;
         let first_seq = self.socket.next_seq();
         let (batch, change) = self
             .ruleset
-            .prepare_full(services, first_seq)
+            .prepare_full(services, &existing, first_seq)
             .map_err(SyncError::Invalid)?;
         self.send(batch, Some(change), start)
     }
@@ -92,13 +97,58 @@ impl Dataplane {
         self.send(batch, Some(change), start)
     }
 
-    /// Deletes both tables; the next sync must be full.
+    /// Deletes the main tables and their shards; the next sync must be full.
     pub fn delete_tables(&mut self) -> Result<SyncReport, SyncError> {
         let start = Instant::now();
-        let batch = self.ruleset.prepare_delete(self.socket.next_seq());
+        let existing = self.existing_tables()?;
+        let batch = self
+            .ruleset
+            .prepare_delete(&existing, self.socket.next_seq());
         let report = self.send(batch, None, start)?;
         self.ruleset.reset();
         Ok(report)
+    }
+
+    /// Which of the ruleset's tables (main and shards) exist now, as (family, shard).
+    fn existing_tables(&mut self) -> Result<Vec<(Family, u32)>, SyncError> {
+        let mut existing = Vec::new();
+        for family in FAMILIES {
+            let tables = self
+                .socket
+                .dump(nft::NFT_MSG_GETTABLE, family.nfproto(), &[])
+                .map_err(SyncError::Io)?;
+            existing.extend(
+                tables
+                    .iter()
+                    .filter_map(|payload| nft::parse_table_name(payload))
+                    .filter_map(|name| self.ruleset.shard_of_table(name))
+                    .map(|shard| (family, shard)),
+            );
+        }
+        Ok(existing)
+    }
+
+    /// The endpoint rules the kernel holds in this ruleset's tables, service by service in
+    /// layout order. Tables that do not exist hold nothing; other tables are not read.
+    pub fn read_endpoints(&mut self) -> Result<Vec<ProgrammedEndpoint>, SyncError> {
+        let mut endpoints = Vec::new();
+        for (family, shard) in self.existing_tables()? {
+            // A table deleted since it was listed gives an empty answer.
+            let rules = self
+                .socket
+                .dump(
+                    nft::NFT_MSG_GETRULE,
+                    family.nfproto(),
+                    &[(nft::NFTA_RULE_TABLE, self.ruleset.table_name(shard))],
+                )
+                .map_err(SyncError::Io)?;
+            endpoints.extend(rules.iter().filter_map(|payload| {
+                ruleset::parse_endpoint_rule(family, &nft::parse_rule(payload)?)
+            }));
+        }
+        // Stable: each service's endpoints keep the order of its chain.
+        endpoints.sort_by(|a, b| a.service().cmp(&b.service()));
+        Ok(endpoints)
     }
 
     fn send(
@@ -169,6 +219,13 @@ pub mod py {
             SyncError::Io(io) => {
                 PyOSError::new_err((io.raw_os_error().unwrap_or(0), format!("netlink: {io}")))
             }
+        }
+    }
+
+    fn family_number(family: Family) -> u8 {
+        match family {
+            Family::Ip => 4,
+            Family::Ip6 => 6,
         }
     }
 
@@ -284,10 +341,7 @@ pub mod py {
         }
         #[getter]
         fn family(&self) -> u8 {
-            match self.inner.family {
-                Family::Ip => 4,
-                Family::Ip6 => 6,
-            }
+            family_number(self.inner.family)
         }
         #[getter]
         fn cluster_ip(&self) -> String {
@@ -329,7 +383,8 @@ pub mod py {
         }
     }
 
-    /// Owns the nf_tables tables named `table` (families ip and ip6) in the current netns.
+    /// Owns the nf_tables tables named `table` and `table-shard-<n>` (families ip and ip6)
+    /// in the current netns.
     #[pyclass(module = "waolb._native")]
     pub struct Dataplane {
         inner: super::Dataplane,
@@ -391,7 +446,29 @@ pub mod py {
             stats(py, report)
         }
 
-        /// Deletes both tables (`--cleanup`); the next sync must be full.
+        /// The endpoint rules the kernel holds, one dict per rule (`waolb weights`).
+        fn read_endpoints<'py>(&mut self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+            let inner = &mut self.inner;
+            let endpoints = py.detach(|| inner.read_endpoints()).map_err(to_py_err)?;
+            endpoints
+                .into_iter()
+                .map(|e| {
+                    let dict = PyDict::new(py);
+                    dict.set_item("family", family_number(e.family))?;
+                    dict.set_item("namespace", e.namespace)?;
+                    dict.set_item("name", e.name)?;
+                    dict.set_item("protocol", e.protocol.name())?;
+                    dict.set_item("port_name", e.port_name)?;
+                    dict.set_item("ip", e.addr.to_string())?;
+                    dict.set_item("port", e.port)?;
+                    dict.set_item("weight", e.weight)?;
+                    dict.set_item("total", e.total)?;
+                    Ok(dict)
+                })
+                .collect()
+        }
+
+        /// Deletes the tables, main and shards (`--cleanup`); the next sync must be full.
         fn delete_tables(&mut self, py: Python<'_>) -> PyResult<()> {
             let inner = &mut self.inner;
             py.detach(|| inner.delete_tables()).map_err(to_py_err)?;

@@ -21,8 +21,13 @@ pub const NLM_F_EXCL: u16 = 0x200;
 pub const NLM_F_CREATE: u16 = 0x400;
 pub const NLM_F_APPEND: u16 = 0x800;
 pub const NLM_F_NONREC: u16 = 0x100;
+/// NLM_F_ROOT | NLM_F_MATCH: every object, in as many messages as it takes.
+pub const NLM_F_DUMP: u16 = 0x300;
+/// Set on a dump's messages when the ruleset changed while it was being dumped.
+const NLM_F_DUMP_INTR: u16 = 0x10;
 
 const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
 const NLMSG_HDRLEN: usize = 16;
 const NFGENMSG_LEN: usize = 4;
 const NLA_HDRLEN: usize = 4;
@@ -53,6 +58,57 @@ pub struct MessageTag {
 }
 
 pub const NO_SUBJECT: u32 = u32::MAX;
+
+fn push_header(buf: &mut Vec<u8>, msg_type: u16, flags: u16, seq: u32, family: u8, res_id: u16) {
+    buf.extend_from_slice(&0u32.to_ne_bytes()); // length, patched later
+    buf.extend_from_slice(&msg_type.to_ne_bytes());
+    buf.extend_from_slice(&flags.to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
+    buf.push(family);
+    buf.push(0); // NFNETLINK_V0
+    buf.extend_from_slice(&res_id.to_be_bytes());
+}
+
+fn patch_len(buf: &mut [u8], start: usize) {
+    let len = (buf.len() - start) as u32;
+    buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+}
+
+/// An attribute whose value is the concatenation of `parts`, padded to 4 bytes.
+fn push_attr(buf: &mut Vec<u8>, kind: u16, parts: &[&[u8]]) {
+    let len = NLA_HDRLEN + parts.iter().map(|p| p.len()).sum::<usize>();
+    buf.extend_from_slice(&(len as u16).to_ne_bytes());
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    for part in parts {
+        buf.extend_from_slice(part);
+    }
+    buf.resize(buf.len() + align4(len) - len, 0);
+}
+
+/// The attributes in `bytes`, as (type without the nested flag, value); stops at the first
+/// malformed one.
+pub fn attributes(bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        if rest.len() < NLA_HDRLEN {
+            return None;
+        }
+        let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
+        let kind = u16::from_ne_bytes([rest[2], rest[3]]) & !NLA_F_NESTED;
+        if len < NLA_HDRLEN || len > rest.len() {
+            return None;
+        }
+        let value = &rest[NLA_HDRLEN..len];
+        rest = &rest[align4(len).min(rest.len())..];
+        Some((kind, value))
+    })
+}
+
+/// A NUL-terminated string attribute's text.
+pub fn attr_text(value: &[u8]) -> Option<&str> {
+    std::str::from_utf8(value.split(|&b| b == 0).next()?).ok()
+}
 
 /// A batch of nf_tables messages under construction, framed by BATCH_BEGIN/END.
 pub struct Batch {
@@ -101,19 +157,11 @@ impl Batch {
     }
 
     fn push_header(&mut self, msg_type: u16, flags: u16, seq: u32, family: u8, res_id: u16) {
-        self.buf.extend_from_slice(&0u32.to_ne_bytes()); // length, patched later
-        self.buf.extend_from_slice(&msg_type.to_ne_bytes());
-        self.buf.extend_from_slice(&flags.to_ne_bytes());
-        self.buf.extend_from_slice(&seq.to_ne_bytes());
-        self.buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
-        self.buf.push(family);
-        self.buf.push(0); // NFNETLINK_V0
-        self.buf.extend_from_slice(&res_id.to_be_bytes());
+        push_header(&mut self.buf, msg_type, flags, seq, family, res_id);
     }
 
     fn patch_len(&mut self, start: usize) {
-        let len = (self.buf.len() - start) as u32;
-        self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+        patch_len(&mut self.buf, start);
     }
 
     fn push_control(&mut self, msg_type: u16) {
@@ -156,21 +204,12 @@ impl Batch {
     }
 
     pub fn attr_bytes(&mut self, kind: u16, value: &[u8]) {
-        let len = NLA_HDRLEN + value.len();
-        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.buf.extend_from_slice(&kind.to_ne_bytes());
-        self.buf.extend_from_slice(value);
-        self.buf.resize(self.buf.len() + align4(len) - len, 0);
+        push_attr(&mut self.buf, kind, &[value]);
     }
 
     /// A NUL-terminated string attribute, as nf_tables expects for names.
     pub fn attr_str(&mut self, kind: u16, value: &str) {
-        let len = NLA_HDRLEN + value.len() + 1;
-        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.buf.extend_from_slice(&kind.to_ne_bytes());
-        self.buf.extend_from_slice(value.as_bytes());
-        self.buf.push(0);
-        self.buf.resize(self.buf.len() + align4(len) - len, 0);
+        push_attr(&mut self.buf, kind, &[value.as_bytes(), &[0]]);
     }
 
     /// nf_tables integer attributes are big-endian.
@@ -396,17 +435,111 @@ impl Socket {
         }
     }
 
-    fn send_getgen(&mut self) -> io::Result<u32> {
+    /// Sends one nf_tables request with string attributes; returns its sequence number.
+    fn send_request(
+        &mut self,
+        msg: u16,
+        flags: u16,
+        family: u8,
+        attrs: &[(u16, &str)],
+    ) -> io::Result<u32> {
         let seq = self.reserve_seq(1);
-        let mut msg = Vec::with_capacity(NLMSG_HDRLEN + NFGENMSG_LEN);
-        msg.extend_from_slice(&((NLMSG_HDRLEN + NFGENMSG_LEN) as u32).to_ne_bytes());
-        msg.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN).to_ne_bytes());
-        msg.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-        msg.extend_from_slice(&seq.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
-        self.send_all(&msg)?;
+        let mut buf = Vec::with_capacity(64);
+        push_header(
+            &mut buf,
+            (NFNL_SUBSYS_NFTABLES << 8) | msg,
+            NLM_F_REQUEST | flags,
+            seq,
+            family,
+            0,
+        );
+        for (kind, value) in attrs {
+            push_attr(&mut buf, *kind, &[value.as_bytes(), &[0]]);
+        }
+        patch_len(&mut buf, 0);
+        self.send_all(&buf)?;
         Ok(seq)
+    }
+
+    fn send_getgen(&mut self) -> io::Result<u32> {
+        self.send_request(NFT_MSG_GETGEN, 0, libc::AF_UNSPEC as u8, &[])
+    }
+
+    /// Dumps the nf_tables objects a GET request of type `msg` selects (its attributes
+    /// filter, for example by table) and returns each answer's payload: nfgenmsg and
+    /// attributes. A dump the kernel marks as interrupted by a concurrent change is asked
+    /// again, so the result is one generation's view. An error report ends the dump as the
+    /// `io::Error` of its errno.
+    pub fn dump(
+        &mut self,
+        msg: u16,
+        family: u8,
+        attrs: &[(u16, &str)],
+    ) -> io::Result<Vec<Vec<u8>>> {
+        loop {
+            let seq = self.send_request(msg, NLM_F_DUMP, family, attrs)?;
+            let mut answers = Vec::new();
+            let mut interrupted = false;
+            let mut buf = vec![0u8; 1 << 16];
+            'receive: loop {
+                let got = self.recv(&mut buf, 0)?;
+                for (msg_type, flags, msg_seq, payload) in messages(&buf[..got])? {
+                    if msg_seq != seq {
+                        continue;
+                    }
+                    interrupted |= flags & NLM_F_DUMP_INTR != 0;
+                    match msg_type {
+                        // Its payload is the dump's status: 0, or an errno that cut it short.
+                        NLMSG_DONE => {
+                            let status = payload
+                                .get(..4)
+                                .map_or(0, |s| i32::from_ne_bytes(s.try_into().unwrap()));
+                            if status < 0 {
+                                return Err(io::Error::from_raw_os_error(-status));
+                            }
+                            break 'receive;
+                        }
+                        NLMSG_ERROR => {
+                            let (errno, _, _) = parse_error(payload)?;
+                            return Err(io::Error::from_raw_os_error(errno));
+                        }
+                        _ => answers.push(payload.to_vec()),
+                    }
+                }
+            }
+            if !interrupted {
+                return Ok(answers);
+            }
+        }
+    }
+
+    /// One `recv`, retried on EINTR; a timeout becomes an error that says so.
+    fn recv(&self, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
+        loop {
+            // SAFETY: buf is writable for its whole length.
+            let got = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    flags,
+                )
+            };
+            if got >= 0 {
+                return Ok(got as usize);
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) if flags & libc::MSG_DONTWAIT == 0 => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no answer from the kernel in {RECEIVE_TIMEOUT_SECONDS} s"),
+                    ))
+                }
+                _ => return Err(err),
+            }
+        }
     }
 
     /// The ruleset generation id: it changes with every committed transaction.
@@ -457,44 +590,15 @@ impl Socket {
     ) -> io::Result<ReadOutcome> {
         let mut buf = vec![0u8; 1 << 16];
         loop {
-            // SAFETY: buf is writable for its whole length.
-            let got = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    flags,
-                )
-            };
-            if got < 0 {
-                let err = io::Error::last_os_error();
-                match err.raw_os_error() {
-                    Some(libc::EINTR) => continue,
+            let got = match self.recv(&mut buf, flags) {
+                Ok(got) => got,
+                Err(err) => match err.raw_os_error() {
                     Some(libc::ENOBUFS) => return Ok(ReadOutcome::Overflowed),
-                    Some(libc::EAGAIN) if flags & libc::MSG_DONTWAIT != 0 => {
-                        return Ok(ReadOutcome::Empty)
-                    }
-                    Some(libc::EAGAIN) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("no answer from the kernel in {RECEIVE_TIMEOUT_SECONDS} s"),
-                        ))
-                    }
+                    Some(libc::EAGAIN) => return Ok(ReadOutcome::Empty),
                     _ => return Err(err),
-                }
-            }
-            let mut rest = &buf[..got as usize];
-            while rest.len() >= NLMSG_HDRLEN {
-                let len = u32::from_ne_bytes(rest[0..4].try_into().unwrap()) as usize;
-                if len < NLMSG_HDRLEN || len > rest.len() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "truncated netlink message",
-                    ));
-                }
-                let msg_type = u16::from_ne_bytes(rest[4..6].try_into().unwrap());
-                let seq = u32::from_ne_bytes(rest[8..12].try_into().unwrap());
-                let payload = &rest[NLMSG_HDRLEN..len];
+                },
+            };
+            for (msg_type, _, seq, payload) in messages(&buf[..got])? {
                 if msg_type == NLMSG_ERROR {
                     let (errno, original_seq, message) = parse_error(payload)?;
                     on_error(original_seq, errno, message);
@@ -504,10 +608,33 @@ impl Socket {
                     on_generation(payload);
                     return Ok(ReadOutcome::Answered);
                 }
-                rest = &rest[align4(len).min(rest.len())..];
             }
         }
     }
+}
+
+/// A received message: type, flags, sequence number, payload.
+type Received<'a> = (u16, u16, u32, &'a [u8]);
+
+/// The messages in one datagram.
+fn messages(datagram: &[u8]) -> io::Result<Vec<Received<'_>>> {
+    let mut out = Vec::new();
+    let mut rest = datagram;
+    while rest.len() >= NLMSG_HDRLEN {
+        let len = u32::from_ne_bytes(rest[0..4].try_into().unwrap()) as usize;
+        if len < NLMSG_HDRLEN || len > rest.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "truncated netlink message",
+            ));
+        }
+        let msg_type = u16::from_ne_bytes(rest[4..6].try_into().unwrap());
+        let flags = u16::from_ne_bytes(rest[6..8].try_into().unwrap());
+        let seq = u32::from_ne_bytes(rest[8..12].try_into().unwrap());
+        out.push((msg_type, flags, seq, &rest[NLMSG_HDRLEN..len]));
+        rest = &rest[align4(len).min(rest.len())..];
+    }
+    Ok(out)
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -518,19 +645,9 @@ enum ReadOutcome {
 }
 
 fn parse_gen_id(payload: &[u8]) -> Option<u32> {
-    let mut attrs = payload.get(NFGENMSG_LEN..)?;
-    while attrs.len() >= NLA_HDRLEN {
-        let len = u16::from_ne_bytes(attrs[0..2].try_into().ok()?) as usize;
-        let kind = u16::from_ne_bytes(attrs[2..4].try_into().ok()?) & !NLA_F_NESTED;
-        if len < NLA_HDRLEN || len > attrs.len() {
-            return None;
-        }
-        if kind == NFTA_GEN_ID && len >= NLA_HDRLEN + 4 {
-            return Some(u32::from_be_bytes(attrs[4..8].try_into().ok()?));
-        }
-        attrs = &attrs[align4(len).min(attrs.len())..];
-    }
-    None
+    attributes(payload.get(NFGENMSG_LEN..)?)
+        .find(|&(kind, value)| kind == NFTA_GEN_ID && value.len() >= 4)
+        .map(|(_, value)| u32::from_be_bytes(value[..4].try_into().unwrap()))
 }
 
 /// Parses `struct nlmsgerr` (errno, the original header) and its extended-ack attributes.
@@ -545,21 +662,13 @@ fn parse_error(payload: &[u8]) -> io::Result<(i32, u32, Option<String>)> {
     let original = &payload[4..4 + NLMSG_HDRLEN];
     let original_seq = u32::from_ne_bytes(original[8..12].try_into().unwrap());
     // With NETLINK_CAP_ACK the echoed message is only its header; TLVs follow.
-    let mut attrs = &payload[4 + NLMSG_HDRLEN..];
-    let mut message = None;
-    while attrs.len() >= NLA_HDRLEN {
-        let len = u16::from_ne_bytes(attrs[0..2].try_into().unwrap()) as usize;
-        let kind = u16::from_ne_bytes(attrs[2..4].try_into().unwrap()) & !NLA_F_NESTED;
-        if len < NLA_HDRLEN || len > attrs.len() {
-            break;
-        }
-        if kind == NLMSGERR_ATTR_MSG {
-            let text = &attrs[NLA_HDRLEN..len];
+    let message = attributes(&payload[4 + NLMSG_HDRLEN..])
+        .filter(|&(kind, _)| kind == NLMSGERR_ATTR_MSG)
+        .last()
+        .map(|(_, text)| {
             let text = text.split(|&b| b == 0).next().unwrap_or(&[]);
-            message = Some(String::from_utf8_lossy(text).into_owned());
-        }
-        attrs = &attrs[align4(len).min(attrs.len())..];
-    }
+            String::from_utf8_lossy(text).into_owned()
+        });
     Ok((errno, original_seq, message))
 }
 

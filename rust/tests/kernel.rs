@@ -914,6 +914,83 @@ fn large_element_lists_are_split_and_all_arrive() {
     assert!(elems.contains(&j(r#"{"concat": ["10.0.78.31", "10.0.78.31"]}"#)));
 }
 
+#[test]
+fn dumps_read_back_every_rule_of_one_table_only() {
+    if !private_netns("dumps_read_back_every_rule_of_one_table_only") {
+        return;
+    }
+    let other = TableRef {
+        family: Family::Ip,
+        name: "waolb-kernel-test-other",
+    };
+    let mut batch = Batch::new(1);
+    for table in [T, other] {
+        nft::add_table(&mut batch, table, tag("add table"));
+        nft::add_chain(&mut batch, table, "c", None, tag("add chain"));
+    }
+    // Enough rules that the answer spans many datagrams.
+    let count = 3000u32;
+    for i in 0..count {
+        let mut rule = RuleBuilder::new(&mut batch, T, "c", tag("add rule"));
+        rule.immediate(nft::REG32_00, &i.to_be_bytes())
+            .immediate(nft::reg_after(nft::REG32_00, 4), &[0x1f, 0x90])
+            .nat(
+                nft::NAT_DNAT,
+                Family::Ip,
+                nft::REG32_00,
+                Some(nft::reg_after(nft::REG32_00, 4)),
+                0,
+            );
+        rule.finish(Some(&format!("rule {i}")));
+    }
+    let mut rule = RuleBuilder::new(&mut batch, other, "c", tag("add rule"));
+    rule.counter();
+    rule.finish(None);
+    send(batch).expect("the kernel takes the batch");
+
+    let mut socket = Socket::open().expect("netlink socket");
+    let ip = Family::Ip.nfproto();
+    let tables: Vec<String> = socket
+        .dump(nft::NFT_MSG_GETTABLE, ip, &[])
+        .expect("table dump")
+        .iter()
+        .map(|payload| nft::parse_table_name(payload).expect("a name").to_string())
+        .collect();
+    assert_eq!(tables, [TABLE, other.name]);
+    let answers = socket
+        .dump(nft::NFT_MSG_GETRULE, ip, &[(nft::NFTA_RULE_TABLE, TABLE)])
+        .expect("rule dump");
+    assert_eq!(answers.len(), count as usize);
+    for (i, payload) in answers.iter().enumerate() {
+        let rule = nft::parse_rule(payload).expect("a rule");
+        assert_eq!((rule.table, rule.chain), (TABLE, "c"));
+        assert_eq!(rule.comment, Some(format!("rule {i}").as_str()));
+        let names: Vec<&str> = rule.expressions.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, ["immediate", "immediate", "nat"]);
+        let (reg, value) = nft::immediate_value(rule.expressions[0].1).expect("data");
+        assert_eq!((reg, value), (nft::REG32_00, &(i as u32).to_be_bytes()[..]));
+        let nat = nft::nat_registers(rule.expressions[2].1).expect("registers");
+        assert_eq!(nat, (nft::NAT_DNAT, nft::REG32_00, Some(nft::REG32_00 + 1)));
+    }
+    // The ip6 family has no such table: the filter matches nothing, it is not an error.
+    let missing = socket
+        .dump(
+            nft::NFT_MSG_GETRULE,
+            Family::Ip6.nfproto(),
+            &[(nft::NFTA_RULE_TABLE, TABLE)],
+        )
+        .expect("an empty dump");
+    assert!(missing.is_empty());
+    // The socket still works for batches afterwards.
+    let mut batch = Batch::new(socket.next_seq());
+    nft::delete_table(&mut batch, other, tag("delete table"));
+    let (wire, tags, first_seq) = batch.finish();
+    assert_eq!(
+        socket.send_batch(&wire, &tags, first_seq).expect("I/O"),
+        Ok(())
+    );
+}
+
 /// A message the kernel refuses, added among good ones.
 struct BadBatch {
     what: &'static str,
