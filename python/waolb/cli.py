@@ -1,5 +1,7 @@
 """The ``waolb`` (and ``kube-proxy``) command: kube-proxy's command line, waolb's proxy.
 
+``waolb weights`` is the one subcommand: it shows the programmed weights (weights_report).
+
 kube-proxy's flags are accepted in both the ``--flag=value`` and ``--flag value`` forms, with
 ``_`` and ``-`` interchangeable in names as pflag allows. Flags kube-proxy has but waolb cannot
 honour (conntrack, IPVS, profiling...) are accepted with a warning, so that an unchanged
@@ -318,8 +320,16 @@ def cleanup(config: ProxyConfig) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["weights"]:
+        from waolb import weights_report  # noqa: PLC0415 - a separate command
+
+        try:
+            return weights_report.main(arguments[1:])
+        except SystemExit as exit_request:  # argparse's usage errors and --help
+            return exit_request.code if isinstance(exit_request.code, int) else EXIT_USAGE
     try:
-        command_line = parse_command_line(sys.argv[1:] if argv is None else argv)
+        command_line = parse_command_line(arguments)
     except SystemExit as exit_request:  # argparse's usage errors, --help and --version
         return exit_request.code if isinstance(exit_request.code, int) else EXIT_USAGE
     early = command_line.flags
