@@ -148,7 +148,7 @@ class MalformedObjectError(ValueError):
 # and bools, and the parsers run for every endpoint of the cluster.
 
 
-def _expect(value: object, kind: type | tuple[type, ...], where: str, what: str) -> Any:
+def expect_type(value: object, kind: type | tuple[type, ...], where: str, what: str) -> Any:
     if type(value) is kind:
         return value
     # bool is an int subclass; a JSON true is never a port number.
@@ -157,32 +157,32 @@ def _expect(value: object, kind: type | tuple[type, ...], where: str, what: str)
     return value
 
 
-def _optional(obj: Mapping[str, Any], key: str, kind: type, where: str, what: str) -> Any:
+def optional_field(obj: Mapping[str, Any], key: str, kind: type, where: str, what: str) -> Any:
     value = obj.get(key)
     if value is None or type(value) is kind:
         return value
-    return _expect(value, kind, f"{where}.{key}" if where else key, what)
+    return expect_type(value, kind, f"{where}.{key}" if where else key, what)
 
 
 def _string_map(obj: Mapping[str, Any], key: str, where: str) -> dict[str, str]:
-    value = _optional(obj, key, dict, where, "a map")
+    value = optional_field(obj, key, dict, where, "a map")
     if not value:
         return {}
     for name, text in value.items():
         if type(text) is not str:
-            _expect(text, str, f"{where}.{key}[{name}]", "a string")
+            expect_type(text, str, f"{where}.{key}[{name}]", "a string")
     return dict(value)
 
 
 def _port_number(value: object, where: str, *, allow_zero: bool = False) -> int:
-    number: int = _expect(value, int, where, "a port number")
+    number: int = expect_type(value, int, where, "a port number")
     if not (0 if allow_zero else 1) <= number <= 65535:
         raise MalformedObjectError(f"{where}: port {number} is out of range")
     return number
 
 
 def _protocol(obj: Mapping[str, Any], where: str) -> str:
-    protocol = _optional(obj, "protocol", str, where, "a protocol") or "TCP"
+    protocol = optional_field(obj, "protocol", str, where, "a protocol") or "TCP"
     if protocol not in PROTOCOLS:
         raise MalformedObjectError(f"{where}.protocol: unknown protocol {protocol!r}")
     return str(protocol)
@@ -197,7 +197,7 @@ def _ip_address(address: object, where: str) -> tuple[str, int, bytes]:
             return address, 4, socket.inet_pton(socket.AF_INET, address)
         except (OSError, ValueError):
             pass
-    text: str = _expect(address, str, where, "an IP address")
+    text: str = expect_type(address, str, where, "an IP address")
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
@@ -213,11 +213,16 @@ class _Metadata(NamedTuple):
     annotations: dict[str, str]
 
 
-def _metadata(obj: object) -> _Metadata:
-    document = _expect(obj, dict, "object", "an object")
-    meta = _expect(document.get("metadata"), dict, "metadata", "an object")
-    namespace = _expect(meta.get("namespace"), str, "metadata.namespace", "a namespace")
-    name = _expect(meta.get("name"), str, "metadata.name", "a name")
+def _condition(conditions: Mapping[str, Any], name: str) -> bool | None:
+    value: bool | None = optional_field(conditions, name, bool, "conditions", "true or false")
+    return value
+
+
+def object_metadata(obj: object) -> _Metadata:
+    document = expect_type(obj, dict, "object", "an object")
+    meta = expect_type(document.get("metadata"), dict, "metadata", "an object")
+    namespace = expect_type(meta.get("namespace"), str, "metadata.namespace", "a namespace")
+    name = expect_type(meta.get("name"), str, "metadata.name", "a name")
     if not namespace or not name:
         raise MalformedObjectError("metadata: namespace and name must not be empty")
     return _Metadata(
@@ -255,14 +260,14 @@ class ParsedService:
 
 def parse_service(obj: object) -> ParsedService | None:
     """Parse a Service; None when no proxy handles it (headless, ExternalName, no cluster IP)."""
-    meta = _metadata(obj)
-    assert isinstance(obj, dict)  # _metadata checked it
-    spec = _expect(obj.get("spec"), dict, "spec", "an object")
-    service_type = _optional(spec, "type", str, "spec", "a service type") or "ClusterIP"
+    meta = object_metadata(obj)
+    assert isinstance(obj, dict)  # object_metadata checked it
+    spec = expect_type(obj.get("spec"), dict, "spec", "an object")
+    service_type = optional_field(spec, "type", str, "spec", "a service type") or "ClusterIP"
     if service_type not in _SERVICE_TYPES:
         raise MalformedObjectError(f"spec.type: unknown service type {service_type!r}")
-    cluster_ip = _optional(spec, "clusterIP", str, "spec", "an IP address") or ""
-    cluster_ips: list[object] = _optional(spec, "clusterIPs", list, "spec", "a list") or (
+    cluster_ip = optional_field(spec, "clusterIP", str, "spec", "an IP address") or ""
+    cluster_ips: list[object] = optional_field(spec, "clusterIPs", list, "spec", "a list") or (
         [cluster_ip] if cluster_ip else []
     )
     if (
@@ -279,20 +284,22 @@ def parse_service(obj: object) -> ParsedService | None:
             raise MalformedObjectError("spec.clusterIPs: two addresses of one IP family")
         ip_by_family[family] = ip
     for index, family_name in enumerate(
-        _optional(spec, "ipFamilies", list, "spec", "a list") or []
+        optional_field(spec, "ipFamilies", list, "spec", "a list") or []
     ):
         if family_name not in _ADDRESS_FAMILIES:
             raise MalformedObjectError(f"spec.ipFamilies[{index}]: unknown family {family_name!r}")
 
-    affinity = _optional(spec, "sessionAffinity", str, "spec", "a string") or "None"
+    affinity = optional_field(spec, "sessionAffinity", str, "spec", "a string") or "None"
     affinity_timeout: int | None = None
     if affinity == "ClientIP":
-        config = _optional(spec, "sessionAffinityConfig", dict, "spec", "an object") or {}
-        client_ip = _optional(config, "clientIP", dict, "spec.sessionAffinityConfig", "an object")
+        config = optional_field(spec, "sessionAffinityConfig", dict, "spec", "an object") or {}
+        client_ip = optional_field(
+            config, "clientIP", dict, "spec.sessionAffinityConfig", "an object"
+        )
         affinity_timeout = DEFAULT_AFFINITY_TIMEOUT
         if client_ip is not None:
             where = "spec.sessionAffinityConfig.clientIP"
-            timeout = _optional(client_ip, "timeoutSeconds", int, where, "seconds")
+            timeout = optional_field(client_ip, "timeoutSeconds", int, where, "seconds")
             if timeout is not None:
                 if not 0 < timeout <= MAX_AFFINITY_TIMEOUT:
                     raise MalformedObjectError(f"{where}.timeoutSeconds: {timeout} is out of range")
@@ -304,10 +311,10 @@ def parse_service(obj: object) -> ParsedService | None:
 
     ports: list[ServicePortInfo] = []
     seen: set[tuple[str, str]] = set()
-    for index, port in enumerate(_optional(spec, "ports", list, "spec", "a list") or []):
+    for index, port in enumerate(optional_field(spec, "ports", list, "spec", "a list") or []):
         where = f"spec.ports[{index}]"
-        _expect(port, dict, where, "an object")
-        port_name = _optional(port, "name", str, where, "a name") or ""
+        expect_type(port, dict, where, "an object")
+        port_name = optional_field(port, "name", str, where, "a name") or ""
         protocol = _protocol(port, where)
         if (port_name, protocol) in seen:
             raise MalformedObjectError(f"{where}: duplicate port {port_name!r}/{protocol}")
@@ -347,7 +354,7 @@ def parse_service(obj: object) -> ParsedService | None:
 
 
 def _traffic_policy(spec: Mapping[str, Any], key: str) -> str:
-    policy = _optional(spec, key, str, "spec", "a traffic policy") or "Cluster"
+    policy = optional_field(spec, key, str, "spec", "a traffic policy") or "Cluster"
     if policy not in _TRAFFIC_POLICIES:
         raise MalformedObjectError(f"spec.{key}: unknown policy {policy!r}")
     return str(policy)
@@ -387,8 +394,8 @@ def parse_endpoint_slice(obj: object, node_name: str) -> ParsedEndpointSlice | N
     service ports would keep, done once here so that a service port one slice port serves takes
     that port's endpoints as they are.
     """
-    meta = _metadata(obj)
-    assert isinstance(obj, dict)  # _metadata checked it
+    meta = object_metadata(obj)
+    assert isinstance(obj, dict)  # object_metadata checked it
     service_name = meta.labels.get(SERVICE_NAME_LABEL)
     if not service_name:
         raise MalformedObjectError(f"metadata.labels: no {SERVICE_NAME_LABEL} label")
@@ -400,9 +407,9 @@ def parse_endpoint_slice(obj: object, node_name: str) -> ParsedEndpointSlice | N
     family = _ADDRESS_FAMILIES[address_type]
 
     ports: list[tuple[str, str, int]] = []
-    for index, port in enumerate(_optional(obj, "ports", list, "", "a list") or []):
+    for index, port in enumerate(optional_field(obj, "ports", list, "", "a list") or []):
         where = f"ports[{index}]"
-        _expect(port, dict, where, "an object")
+        expect_type(port, dict, where, "an object")
         number = port.get("port")
         # A missing port means "all ports", which kube-proxy does not support either; 0 is
         # what kube-proxy skips too.
@@ -414,7 +421,7 @@ def parse_endpoint_slice(obj: object, node_name: str) -> ParsedEndpointSlice | N
         ports.append(
             (
                 # The API server defaults a missing name to "" and protocol to TCP.
-                _optional(port, "name", str, where, "a name") or "",
+                optional_field(port, "name", str, where, "a name") or "",
                 _protocol(port, where),
                 _port_number(number, f"{where}.port"),
             )
@@ -422,9 +429,9 @@ def parse_endpoint_slice(obj: object, node_name: str) -> ParsedEndpointSlice | N
 
     # By address: the packed address (to sort by) and the endpoint.
     by_address: dict[str, tuple[bytes, _SliceEndpoint]] = {}
-    for index, endpoint in enumerate(_optional(obj, "endpoints", list, "", "a list") or []):
+    for index, endpoint in enumerate(optional_field(obj, "endpoints", list, "", "a list") or []):
         if type(endpoint) is not dict:
-            _expect(endpoint, dict, f"endpoints[{index}]", "an object")
+            expect_type(endpoint, dict, f"endpoints[{index}]", "an object")
         try:
             packed, parsed = _slice_endpoint(endpoint, family, node_name)
         except MalformedObjectError as error:
@@ -462,19 +469,20 @@ def _slice_endpoint(
     """One endpoint of a slice and its packed address; errors name fields from the endpoint."""
     addresses = endpoint.get("addresses")
     if type(addresses) is not list:
-        addresses = _expect(addresses, list, "addresses", "a list")
+        addresses = expect_type(addresses, list, "addresses", "a list")
     if not addresses:
         raise MalformedObjectError("addresses: empty")
     ip, ip_family, packed = _ip_address(addresses[0], "addresses[0]")
     if ip_family != family:
         raise MalformedObjectError(f"addresses[0]: {ip} is not an IPv{family} address")
-    conditions = _optional(endpoint, "conditions", dict, "", "an object") or {}
+    conditions = optional_field(endpoint, "conditions", dict, "", "an object") or {}
+
     # kube-proxy: unknown readiness counts as ready, unknown termination as not.
-    ready = _optional(conditions, "ready", bool, "conditions", "true or false") is not False
-    serving = _optional(conditions, "serving", bool, "conditions", "true or false") is not False
-    terminating = _optional(conditions, "terminating", bool, "conditions", "true or false") is True
-    node = _optional(endpoint, "nodeName", str, "", "a node name")
-    zone = _optional(endpoint, "zone", str, "", "a zone")
+    ready = _condition(conditions, "ready") is not False
+    serving = _condition(conditions, "serving") is not False
+    terminating = _condition(conditions, "terminating") is True
+    node = optional_field(endpoint, "nodeName", str, "", "a node name")
+    zone = optional_field(endpoint, "zone", str, "", "a zone")
     return packed, (ip, node, zone, ready, serving, terminating, node == node_name)
 
 

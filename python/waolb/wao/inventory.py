@@ -11,7 +11,6 @@ out of: the node is left unscored (reason ``ambiguous_nodeconfig``) until one is
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -53,7 +52,7 @@ def node_cpu_capacity(obj: object) -> tuple[str, float | None]:
         cores = parse_cpu_quantity(cpu)
     except ValueError as error:
         raise MalformedObjectError(f"status.capacity.cpu: {error}") from None
-    return name, cores if math.isfinite(cores) else None
+    return name, cores
 
 
 class WaoInventory:
@@ -63,6 +62,7 @@ class WaoInventory:
         self._lock = threading.Lock()
         self._capacity: dict[str, float | None] = {}
         self._configs: dict[tuple[str, str], NodeConfig] = {}
+        self._by_node: dict[str, list[NodeConfig]] | None = None
         self._reported: set[tuple[str, str, str, str]] = set()
 
     # ---- the watch handler ----
@@ -84,6 +84,7 @@ class WaoInventory:
                 configs[(parsed.namespace, parsed.name)] = parsed
         with self._lock:
             self._configs = configs
+            self._by_node = None
 
     def upsert(self, kind: str, obj: dict[str, Any]) -> None:
         if kind == NODE_KIND:
@@ -97,6 +98,7 @@ class WaoInventory:
         if parsed is not None:
             with self._lock:
                 self._configs[(parsed.namespace, parsed.name)] = parsed
+                self._by_node = None
 
     def delete(self, kind: str, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") if isinstance(obj, dict) else None
@@ -107,6 +109,7 @@ class WaoInventory:
                 self._capacity.pop(str(meta.get("name")), None)
             else:
                 self._configs.pop((str(meta.get("namespace")), str(meta.get("name"))), None)
+                self._by_node = None
 
     # ---- reads ----
 
@@ -116,19 +119,17 @@ class WaoInventory:
 
     def node_config(self, node: str) -> NodeConfigLookup:
         with self._lock:
-            matches = sorted(
-                (c for c in self._configs.values() if c.node_name == node),
-                key=lambda c: (c.namespace, c.name),
-            )
+            if self._by_node is None:
+                # Rebuilt after a change only: scoring asks for every node each round.
+                self._by_node = {}
+                for config in self._configs.values():
+                    self._by_node.setdefault(config.node_name, []).append(config)
+            matches = self._by_node.get(node, [])
         if not matches:
             return NodeConfigLookup(None, "no_nodeconfig")
         if len(matches) > 1:
             return NodeConfigLookup(None, "ambiguous_nodeconfig")
         return NodeConfigLookup(matches[0], None)
-
-    def node_configs(self) -> list[NodeConfig]:
-        with self._lock:
-            return sorted(self._configs.values(), key=lambda c: (c.namespace, c.name))
 
     # ---- parsing ----
 

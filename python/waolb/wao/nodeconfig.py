@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from waolb.config import parse_duration
-from waolb.state import MalformedObjectError, _expect, _metadata, _optional
+from waolb.state import MalformedObjectError, expect_type, object_metadata, optional_field
 
 API_VERSION: Final = "wao.bitmedia.co.jp/v1beta1"
 KIND: Final = "NodeConfig"
@@ -58,18 +58,18 @@ class NodeConfig:
 
 def parse_node_config(obj: object) -> NodeConfig:
     """Parse a NodeConfig JSON object; MalformedObjectError names the offending field."""
-    meta = _metadata(obj)
-    assert isinstance(obj, dict)  # _metadata checked it
+    meta = object_metadata(obj)
+    assert isinstance(obj, dict)  # object_metadata checked it
     for key, expected in (("apiVersion", API_VERSION), ("kind", KIND)):
         # List items of custom resources carry both; watch events and GETs do too.
         value = obj.get(key)
         if value is not None and value != expected:
             raise MalformedObjectError(f"{key}: expected {expected!r}, got {value!r}")
-    spec = _expect(obj.get("spec"), dict, "spec", "an object")
-    node_name = _expect(spec.get("nodeName"), str, "spec.nodeName", "a node name")
+    spec = expect_type(obj.get("spec"), dict, "spec", "an object")
+    node_name = expect_type(spec.get("nodeName"), str, "spec.nodeName", "a node name")
     if not node_name:
         raise MalformedObjectError("spec.nodeName: must not be empty")
-    predictor = _expect(spec.get("predictor"), dict, "spec.predictor", "an object")
+    predictor = expect_type(spec.get("predictor"), dict, "spec.predictor", "an object")
     return NodeConfig(
         namespace=meta.namespace,
         name=meta.name,
@@ -83,18 +83,18 @@ def parse_node_config(obj: object) -> NodeConfig:
 
 
 def _endpoint_term(parent: Mapping[str, Any], key: str, where: str) -> EndpointTerm | None:
-    raw = _optional(parent, key, dict, where, "an EndpointTerm object")
+    raw = optional_field(parent, key, dict, where, "an EndpointTerm object")
     if raw is None:
         return None
     at = f"{where}.{key}"
-    term_type = _expect(raw.get("type"), str, f"{at}.type", "an endpoint type")
+    term_type = expect_type(raw.get("type"), str, f"{at}.type", "an endpoint type")
     if term_type not in ENDPOINT_TYPES:
         raise MalformedObjectError(
             f"{at}.type: unknown type {term_type!r} (expected one of {sorted(ENDPOINT_TYPES)})"
         )
-    endpoint = _expect(raw.get("endpoint"), str, f"{at}.endpoint", "a URL")
-    secret = _optional(raw, "basicAuthSecret", dict, at, "an object") or {}
-    secret_name = _optional(secret, "name", str, f"{at}.basicAuthSecret", "a Secret name")
+    endpoint = expect_type(raw.get("endpoint"), str, f"{at}.endpoint", "a URL")
+    secret = optional_field(raw, "basicAuthSecret", dict, at, "an object") or {}
+    secret_name = optional_field(secret, "name", str, f"{at}.basicAuthSecret", "a Secret name")
     return EndpointTerm(
         type=term_type,
         endpoint=endpoint,
@@ -104,7 +104,7 @@ def _endpoint_term(parent: Mapping[str, Any], key: str, where: str) -> EndpointT
 
 
 def _fetch_interval(term: Mapping[str, Any], where: str) -> float | None:
-    text = _optional(term, "fetchInterval", str, where, "a duration")
+    text = optional_field(term, "fetchInterval", str, where, "a duration")
     if text is None:
         return None
     try:
