@@ -347,3 +347,14 @@ def test_the_policy_annotation_chooses_the_provider(
     assert tuple(equal_default.weights(port("web", {POLICY_ANNOTATION: "wao"}), nodes) or ()) == (
         EXPECTED
     )
+
+
+def test_the_raw_cpu_format_sends_cores(kube_api: KubeApiServer, client: ApiClient) -> None:
+    with wao_cluster(kube_api) as cluster:
+        # Watts per core: 100m more costs 10, 20 and 40 W, the same deltas as in percent above.
+        for node, slope in SLOPES.items():
+            cluster.add_node(node, cpu_times(25 * slope))
+        wao, _, _, _ = scored(cluster, client, WaolbSettings(cpu_usage_format="Raw"))
+        assert tuple(wao.weights(WEB, endpoints(*SLOPES)) or ()) == EXPECTED
+        cpu_inputs = sorted(cpu for cpu, _, _ in cluster.predictors["node-a"].inputs)
+        assert cpu_inputs == pytest.approx([1.0, 1.1])  # cores, not percent of 4 cores
