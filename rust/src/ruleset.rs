@@ -923,15 +923,14 @@ impl Ruleset {
         nft::add_table(&mut writer.batch, table, t("add table"));
         nft::delete_table(&mut writer.batch, table, t("delete table"));
         nft::add_table(&mut writer.batch, table, t("add table"));
-        let spec = SetSpec {
-            name: SERVICE_IPS,
-            key: &service_key(family),
-            key_byteorder: nft::BYTEORDER_BIG,
-            data: SetData::Verdict,
-            flags: 0,
-            timeout_ms: None,
-        };
-        nft::add_set(&mut writer.batch, table, &spec, 1, t("add map"));
+        add_service_map(
+            &mut writer.batch,
+            table,
+            family,
+            SERVICE_IPS,
+            1,
+            t("add map"),
+        );
         nft::add_chain(
             &mut writer.batch,
             table,
@@ -975,15 +974,14 @@ impl Ruleset {
         let table = self.table_ref(family, 0);
         let subject = self.table_subject(writer, family, 0);
         let t = |action| tag(action, subject);
-        let spec = SetSpec {
-            name: NO_ENDPOINT_SERVICES,
-            key: &service_key(family),
-            key_byteorder: nft::BYTEORDER_BIG,
-            data: SetData::Verdict,
-            flags: 0,
-            timeout_ms: None,
-        };
-        nft::add_set(&mut writer.batch, table, &spec, 2, t("add map"));
+        add_service_map(
+            &mut writer.batch,
+            table,
+            family,
+            NO_ENDPOINT_SERVICES,
+            2,
+            t("add map"),
+        );
         let addr = (family.addr_type(), family.addr_len());
         let spec = SetSpec {
             name: HAIRPIN_ENDPOINTS,
@@ -1343,6 +1341,26 @@ fn service_key(family: Family) -> [(u32, u32); 3] {
         (nft::TYPE_INET_PROTOCOL, 1),
         (nft::TYPE_INET_SERVICE, 2),
     ]
+}
+
+/// A `daddr . l4proto . dport : verdict` map: the shape of both per-service maps.
+fn add_service_map(
+    batch: &mut Batch,
+    table: TableRef<'_>,
+    family: Family,
+    name: &str,
+    id: u32,
+    tag: MessageTag,
+) {
+    let spec = SetSpec {
+        name,
+        key: &service_key(family),
+        key_byteorder: nft::BYTEORDER_BIG,
+        data: SetData::Verdict,
+        flags: 0,
+        timeout_ms: None,
+    };
+    nft::add_set(batch, table, &spec, id, tag);
 }
 
 /// `daddr . l4proto . dport` into consecutive registers from REG32_00.
