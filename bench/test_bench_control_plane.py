@@ -2,7 +2,7 @@
 
 The cluster is the dataplane benchmarks' at its largest: 10 000 ClusterIP Services with one TCP
 port and 10 000 EndpointSlices of 10 ready endpoints (100 000 endpoints), spread over 20
-namespaces. As in tests/test_e2e_proxy.py, each run has a fresh "node" namespace, the API
+namespaces. As in tests/e2e/test_e2e_proxy.py, each run has a fresh "node" namespace, the API
 server's listening socket is created inside it and ``waolb`` runs there with kube-proxy's flags.
 
 * ``test_initial_sync_10000``: from starting the process until the kernel holds the ruleset.

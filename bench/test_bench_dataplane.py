@@ -201,7 +201,7 @@ PEAK_RSS_SCRIPT = textwrap.dedent(
 @pytest.mark.benchmark(group="peak RSS, full sync of 10 000 services x 10 endpoints")
 def test_peak_rss_full_sync_10000(benchmark: BenchmarkFixture, namespace: Netns) -> None:
     """A child process does one full sync; its peak RSS includes Python and the batch."""
-    paths = [str(Path(__file__).parent), str(Path(__file__).parent.parent / "tests")]
+    paths = [str(Path(__file__).parent), str(Path(__file__).parent.parent / "tests" / "support")]
     script = PEAK_RSS_SCRIPT.format(paths=paths)
     command = ["ip", "netns", "exec", namespace.name, sys.executable, "-c", script]
     result = benchmark.pedantic(

@@ -40,6 +40,9 @@ GATEWAY6 = "fd00:244::1"
 SERVER_PORT = 8080
 
 _libc = ctypes.CDLL(None, use_errno=True)
+# How long a command or a wait may take before it counts as hung. Only a safety net: on an idle
+# machine everything here takes a fraction of it, and a slow or busy one must not fail for it.
+HUNG_AFTER = 300.0
 T = TypeVar("T")
 
 
@@ -56,7 +59,7 @@ def _check(cmd: list[str], proc: subprocess.CompletedProcess[str]) -> None:
 
 
 def host_run(
-    *cmd: str, check: bool = True, input: str | None = None, timeout: float = 30.0
+    *cmd: str, check: bool = True, input: str | None = None, timeout: float = HUNG_AFTER
 ) -> subprocess.CompletedProcess[str]:
     """Runs a command in the test's own namespace; callers only pass ``ip netns ...`` and
     ``ip -n NS ...`` commands, which act on the namespaces created here."""
@@ -107,7 +110,7 @@ class Netns:
         *cmd: str,
         check: bool = True,
         input: str | None = None,
-        timeout: float = 30.0,
+        timeout: float = HUNG_AFTER,
     ) -> subprocess.CompletedProcess[str]:
         """Runs ``cmd`` inside the namespace and returns it; raises CommandError on failure."""
         return host_run(
@@ -195,7 +198,7 @@ def entered(ns: Netns | str) -> Iterator[None]:
 def wait_until(
     probe: Callable[[], T | None],
     *,
-    timeout: float = 10.0,
+    timeout: float = HUNG_AFTER,
     interval: float = 0.02,
     what: str = "condition",
 ) -> T:
@@ -417,7 +420,7 @@ class Cluster:
         return next(p for p in self.pods if p.name == name)
 
 
-def _start_server(pod: Pod, timeout: float = 10.0) -> None:
+def _start_server(pod: Pod, timeout: float = HUNG_AFTER) -> None:
     ports = ",".join(str(p) for p in pod.ports)
     proc = pod.ns.popen(sys.executable, "-S", "-u", "-c", SERVER_SOURCE, pod.name, ports)
     pod.server = proc
@@ -523,7 +526,6 @@ def cluster(
             for addr in [pod.ipv4] + ([pod.ipv6] if pod.ipv6 else []):
                 wait_until(
                     functools.partial(_answers, node, addr, pod.ports[0]),
-                    timeout=10,
                     interval=0.05,
                     what=f"{pod.name} answering at {addr}",
                 )

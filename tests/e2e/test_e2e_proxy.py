@@ -1,6 +1,6 @@
 """The ``waolb`` process end to end: the fake API server in, kernel rules and real traffic out.
 
-Each test builds a "node" network namespace with pods (tests/netns.py), starts the test API
+Each test builds a "node" network namespace with pods (tests/support/netns.py), starts the test API
 server listening inside the node namespace (its socket is created there), and runs ``waolb``
 in the node namespace with kube-proxy's flags, as a DaemonSet would. Traffic to cluster IPs
 goes from the node namespace to the pods' servers, which answer with their pod name.
@@ -27,7 +27,7 @@ from e2e import (
     wait_for_traffic,
 )
 from kubeapi import ENDPOINT_SLICES, NODES, SERVICES
-from netns import entered, exchange, requires_netns, wait_until
+from netns import HUNG_AFTER, entered, exchange, requires_netns, wait_until
 
 pytestmark = requires_netns
 
@@ -62,14 +62,13 @@ def test_services_are_programmed_and_follow_endpoint_changes(env: Environment) -
         lambda: exchange(env.cluster.node, WEB_IP, 80, count=5, timeout=1.0).errors.get(
             "ECONNREFUSED"
         ),
-        timeout=20,
         what="connections refused",
     )
     assert refused == 5
 
     # The service goes away: so do its rules.
     env.api.delete(SERVICES, "web", "default")
-    wait_until(lambda: "default/web" not in env.ruleset(), timeout=20, what="rules removed")
+    wait_until(lambda: "default/web" not in env.ruleset(), what="rules removed")
     assert proxy.process.poll() is None
 
 
@@ -103,7 +102,7 @@ def test_health_and_metrics_servers(env: Environment) -> None:
     # The cluster autoscaler is about to delete the node: healthz fails, livez does not.
     taint = {"key": "ToBeDeletedByClusterAutoscaler", "effect": "NoSchedule"}
     env.api.patch(NODES, NODE, {"spec": {"taints": [taint]}})
-    wait_until(lambda: env.http(10256, "/healthz")[0] == 503, timeout=10, what="healthz 503")
+    wait_until(lambda: env.http(10256, "/healthz")[0] == 503, what="healthz 503")
     assert env.http(10256, "/livez")[0] == 200
 
 
@@ -135,7 +134,7 @@ def test_non_default_proxy_handles_only_its_labelled_services(env: Environment) 
     )
     wait_for_traffic(env, API_IP, {"pod2"})
     env.api.patch(SERVICES, "web", {"metadata": {"labels": {PROXY_NAME_LABEL: None}}}, "default")
-    wait_until(lambda: "default/web" not in env.ruleset(), timeout=20, what="web released")
+    wait_until(lambda: "default/web" not in env.ruleset(), what="web released")
 
 
 def test_a_malformed_object_is_skipped_and_the_rest_keeps_working(env: Environment) -> None:
@@ -148,9 +147,7 @@ def test_a_malformed_object_is_skipped_and_the_rest_keeps_working(env: Environme
     proxy = env.start_proxy()
 
     wait_for_traffic(env, WEB_IP, {"pod0"})
-    wait_until(
-        lambda: proxy.events("skipping a malformed object"), timeout=10, what="the error logged"
-    )
+    wait_until(lambda: proxy.events("skipping a malformed object"), what="the error logged")
     (logged,) = proxy.events("skipping a malformed object")
     assert (logged["kind"], logged["namespace"], logged["name"]) == (
         "EndpointSlice",
@@ -171,7 +168,7 @@ def test_sigterm_leaves_the_rules_and_cleanup_removes_them(env: Environment) -> 
     wait_for_traffic(env, WEB_IP, {"pod0", "pod1"})
 
     proxy.process.send_signal(signal.SIGTERM)
-    assert proxy.process.wait(timeout=15) == 0
+    assert proxy.process.wait(timeout=HUNG_AFTER) == 0
     assert set(env.traffic(WEB_IP)) == {"pod0", "pod1"}  # rules stay, traffic flows
 
     cleanup = env.cluster.node.run(str(WAOLB), "--cleanup", check=False)
@@ -230,5 +227,5 @@ def test_an_invalid_config_file_stops_the_start(env: Environment) -> None:
         "nftables:\n  masqueradeBit: 40\n"
     )
     proxy = env.start_proxy(f"--config={config}")
-    assert proxy.process.wait(timeout=15) == 2
+    assert proxy.process.wait(timeout=HUNG_AFTER) == 2
     assert "nftables.masqueradeBit: 40 is not within [0, 31]" in proxy.log_path.read_text()

@@ -1,7 +1,8 @@
 """WAO end to end: the ``waolb`` process scores three nodes with three real predictors and
 real traffic follows the scores.
 
-The three "nodes" are names only: every pod runs in the one node namespace (tests/e2e.py), but
+The three "nodes" are names only: every pod runs in the one node namespace
+(tests/support/e2e.py), but
 each pod's endpoint claims a different node, and each node has its own NodeConfig, metrics and
 V2 predictor. The predictors and the API server listen inside the node namespace, where waolb
 runs.
@@ -104,7 +105,6 @@ def test_traffic_follows_the_scores_and_their_inputs(
     wait_for_traffic(environment_, WEB_IP, set(EXPECTED))
     wait_until(
         lambda: programmed_weights(environment_) == EXPECTED,
-        timeout=30,
         what=f"weights {EXPECTED} programmed",
     )
 
@@ -125,7 +125,6 @@ def test_traffic_follows_the_scores_and_their_inputs(
     hotter = {"pod0": 100, "pod1": 62, "pod2": 32}
     wait_until(
         lambda: programmed_weights(environment_) == hotter,
-        timeout=30,
         what="weights after the inlet temperature change",
     )
     counts = environment_.traffic(WEB_IP, count=CONNECTIONS)
@@ -137,7 +136,6 @@ def test_traffic_follows_the_scores_and_their_inputs(
     equal = dict.fromkeys(EXPECTED, 1)
     wait_until(
         lambda: programmed_weights(environment_) == equal,
-        timeout=30,
         what="equal weights once no node can be scored",
     )
     counts = environment_.traffic(WEB_IP, count=CONNECTIONS)

@@ -617,7 +617,8 @@ def test_watch_ends_cleanly_at_its_timeout_and_sends_no_unasked_bookmarks(
         watch_lines(kube_api, resourceVersion=str(kube_api.resource_version), timeoutSeconds="1")
     )
     assert events == []  # and no ProtocolError: the stream ended with its final chunk
-    assert 0.9 <= time.monotonic() - started < 3
+    # It ends at its own 1 s timeout, not at the server's default of 30 minutes.
+    assert 0.9 <= time.monotonic() - started < 60
 
 
 def test_dropped_watches_end_without_the_final_chunk(kube_api: KubeApiServer) -> None:
@@ -953,5 +954,6 @@ def test_faults_reach_the_metrics_apis(kube_api: KubeApiServer) -> None:
         started = time.monotonic()
         with pytest.raises(urllib3.exceptions.ReadTimeoutError):
             urllib3.request("GET", kube_api.url + path, retries=False, timeout=0.2)
-        assert time.monotonic() - started < 1.0
+        # The client gave up long before the server would have answered.
+        assert time.monotonic() - started < 2.0
         assert http(kube_api, "GET", path).status == 200

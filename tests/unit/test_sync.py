@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from test_state import endpoint, endpoint_slice, service
+from builders import endpoint, endpoint_slice, service
 from waolb._native import NftError, ServicePort
 from waolb.health import ProxierHealth
 from waolb.metrics import ProxyMetrics

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import sys
@@ -13,13 +12,7 @@ from typing import Any
 import pytest
 import structlog
 
-from netns import Netns, kernel_test_skip_reason, netns
 from waolb.cli import COMPATIBILITY_FLAGS, main, parse_command_line
-
-__all__ = ["netns"]  # the fixture, imported for pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-WAOLB = ROOT / ".venv" / "bin" / "waolb"
 
 
 @pytest.fixture(autouse=True)
@@ -199,25 +192,3 @@ def test_python_dash_m_waolb_is_the_same_command() -> None:
     )
     assert result.returncode == 2
     assert "unrecognized arguments: --no-such-flag" in result.stderr
-
-
-@pytest.mark.netns
-@pytest.mark.skipif(kernel_test_skip_reason() is not None, reason=str(kernel_test_skip_reason()))
-def test_cleanup_deletes_waolbs_tables_and_exits_0(netns: Netns) -> None:
-    netns.run(sys.executable, "-c", "from waolb._native import Dataplane; Dataplane().replace([])")
-    tables = netns.nft("list", "tables").stdout
-    assert "table ip wao-loadbalancer" in tables
-    assert "table ip6 wao-loadbalancer" in tables
-
-    cleanup = netns.run(
-        str(WAOLB), "--cleanup", "--proxy-mode=iptables", "--log-format=json", check=False
-    )
-    assert cleanup.returncode == 0, cleanup.stderr
-    assert "wao-loadbalancer" not in netns.nft("list", "tables").stdout
-    warning = next(json.loads(line) for line in cleanup.stderr.splitlines() if "proxy mode" in line)
-    assert warning["event"] == "proxy mode is always nftables in waolb"
-    assert warning["configured_mode"] == "iptables"
-    assert warning["level"] == "warning"
-
-    # Nothing left to delete is no error either.
-    assert netns.run(str(WAOLB), "--cleanup", check=False).returncode == 0

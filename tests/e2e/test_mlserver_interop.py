@@ -1,8 +1,9 @@
 """PowerPredictors against a real MLServer serving a scikit-learn power model.
 
 MLServer and scikit-learn live in their own virtualenv (``make`` installs it at .venv/mlserver
-from tests/mlserver/requirements.txt; WAOLB_MLSERVER_VENV points elsewhere). The model is
-trained in that virtualenv by tests/mlserver/train.py, which also prints its own predictions;
+from tests/support/mlserver/requirements.txt; WAOLB_MLSERVER_VENV points elsewhere). The model is
+trained in that virtualenv by tests/support/mlserver/train.py, which also prints its own
+predictions;
 MLServer serves it on a free loopback port and WAO's request must get the same watts back.
 
 Tolerances: WAO sends FP32 inputs, so MLServer predicts on the inputs rounded to float32. Against
@@ -29,9 +30,9 @@ import pytest
 from waolb.wao.nodeconfig import EndpointTerm
 from waolb.wao.predictor import PowerPredictors
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("WAOLB_MLSERVER_VENV", REPO / ".venv" / "mlserver"))
-TRAIN = Path(__file__).resolve().parent / "mlserver" / "train.py"
+TRAIN = REPO / "tests" / "support" / "mlserver" / "train.py"
 START_TIMEOUT = 120.0  # MLServer takes several seconds on an idle machine; this one is shared
 INPUTS = [
     [0.0, 20.0, 0.0],

@@ -1,4 +1,4 @@
-"""NodeConfig parsing, and the basic-auth Secrets its EndpointTerms name (against tests/kubeapi)."""
+"""NodeConfig parsing, and the basic-auth Secrets its EndpointTerms name (tests/support/kubeapi)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from waolb.weights_report import combine, default_metrics_address, render_table
 
 pytestmark = requires_netns
 
-WAOLB = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "waolb"
+WAOLB = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "waolb"
 
 KERNEL_ROW = {
     "family": 4,

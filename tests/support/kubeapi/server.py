@@ -65,6 +65,9 @@ class RecordedRequest(NamedTuple):
     verb: str
     code: int
     headers: dict[str, str]
+    # time.monotonic() when the server answered (a watch: when its stream opened), so tests can
+    # check the gaps between requests.
+    answered_at: float = 0.0
 
 
 @dataclass
@@ -298,7 +301,7 @@ class KubeApiServer:
         return self.store.watch_count(resource)
 
     def wait_for_watches(
-        self, resource: ResourceType | None = None, count: int = 1, timeout: float = 5.0
+        self, resource: ResourceType | None = None, count: int = 1, timeout: float = 120.0
     ) -> bool:
         """Wait until at least ``count`` watches are open; False on timeout."""
         with self.store.condition:
@@ -387,7 +390,9 @@ class KubeApiServer:
     ) -> None:
         headers = {key.lower(): value for key, value in handler.headers.items()}
         with self._lock:
-            self._requests.append(RecordedRequest(method, path, query, verb, code, headers))
+            self._requests.append(
+                RecordedRequest(method, path, query, verb, code, headers, time.monotonic())
+            )
 
     def _injected(self, verb: str) -> tuple[float, ApiError | None]:
         """The delay and the failure injected for a request of ``verb``."""

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from test_state import key
+from builders import key
 from waolb.health import TO_BE_DELETED_TAINT, ProxierHealth, go_time
 from waolb.metrics import HttpEndpoint, ProxyMetrics, metrics_routes
 from waolb.state import EndpointInfo

@@ -1,6 +1,6 @@
 """Real packets through waolb's nf_tables ruleset.
 
-A node namespace with a bridge and three pod namespaces (tests/netns.py ``cluster``), each
+A node namespace with a bridge and three pod namespaces (tests/support/netns.py ``cluster``), each
 pod running a server that answers with its name and the source address it saw. A Dataplane
 created in the node namespace programs ClusterIPs; clients connect from the node (nat
 output) or from a pod (nat prerouting, forward, hairpin).
@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from netns import (
+    HUNG_AFTER,
     Cluster,
     Exchange,
     Netns,
@@ -28,7 +29,7 @@ from netns import (
     new_dataplane,
     requires_netns,
 )
-from test_dataplane import shard_names, spread, table_of
+from rulesets import shard_names, spread, table_of
 from waolb._native import Dataplane, ServicePort
 
 pytestmark = requires_netns
@@ -203,7 +204,6 @@ def test_service_without_endpoints_is_refused_at_once(net: Cluster, dp: Dataplan
     ):
         result = exchange(ns, vip, 80, proto=protocol, count=3, timeout=5.0)
         assert result.errors == {expected: 3}, (ns, protocol, result)
-        assert result.seconds < 1.0, f"refusing took {result.seconds:.2f} s: {result}"
 
     # Endpoints arrive: the service moves to service-ips and answers...
     dp.apply([service(net, "empty", vip, [1, 1])], [])
@@ -211,9 +211,8 @@ def test_service_without_endpoints_is_refused_at_once(net: Cluster, dp: Dataplan
     assert result.errors == {} and set(result.counts) <= {"pod0", "pod1"}, result
     # ... and when they go, it is refused again.
     dp.apply([service(net, "empty", vip, [])], [])
-    result = exchange(net.node, vip, 80, count=3, timeout=5.0)
+    result = exchange(net.node, vip, 80, count=3, timeout=HUNG_AFTER)
     assert result.errors == {"ECONNREFUSED": 3}, result
-    assert result.seconds < 1.0
 
 
 # ---- hairpin --------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from netns import (
     wait_until,
 )
 
-WAOLB = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "waolb"
+WAOLB = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "waolb"
 NODE = "node-a"
 WEB_IP = "10.96.0.10"
 API_IP = "10.96.0.11"
@@ -173,4 +173,4 @@ def wait_for_traffic(env: Environment, ip: str, pods: set[str], **kwargs: Any) -
         counts = env.traffic(ip, **kwargs)
         return counts if set(counts) == pods else None
 
-    return wait_until(probe, timeout=20, interval=0.2, what=f"traffic to {ip} reaching {pods}")
+    return wait_until(probe, interval=0.2, what=f"traffic to {ip} reaching {pods}")

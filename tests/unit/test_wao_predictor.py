@@ -1,4 +1,4 @@
-"""PowerPredictors against real V2 inference and Redfish servers on loopback (tests/waoservers)."""
+"""PowerPredictors against real V2 inference and Redfish servers on loopback (waoservers.py)."""
 
 from __future__ import annotations
 

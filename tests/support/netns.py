@@ -17,6 +17,7 @@ import pytest
 from waolb.lab import (
     GATEWAY4,
     GATEWAY6,
+    HUNG_AFTER,
     NETNS_PREFIX,
     NODE_BRIDGE,
     POD_SUBNET4,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "GATEWAY4",
     "GATEWAY6",
+    "HUNG_AFTER",
     "NETNS_PREFIX",
     "NODE_BRIDGE",
     "POD_SUBNET4",

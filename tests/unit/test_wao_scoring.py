@@ -10,7 +10,7 @@ import pytest
 from kubernetes.client import ApiClient
 
 from kubeapi import NODE_CONFIGS, NODE_METRICS, KubeApiServer, objects
-from netns import wait_until
+from netns import HUNG_AFTER, wait_until
 from waolab import (
     WAO_NAMESPACE,
     WaoCluster,
@@ -299,15 +299,17 @@ def test_moved_enough() -> None:
 
 
 def test_weights_never_wait_for_a_slow_predictor(cluster: WaoCluster, client: ApiClient) -> None:
-    wao, inventory, _ = wao_weights(client, WaolbSettings(request_timeout=10.0))
+    # The predictor holds its answer, and the client waits for it, far longer than the joins
+    # below allow: a weights() call that waited for it could not end in time, while one that
+    # does not wait ends in milliseconds, however busy the machine.
+    wao, inventory, _ = wao_weights(client, WaolbSettings(request_timeout=HUNG_AFTER))
     cluster.feed(inventory)
-    with cluster.predictors["node-a"].faulty(Fault.DELAY, delay=5.0):
+    with cluster.predictors["node-a"].faulty(Fault.DELAY, delay=HUNG_AFTER):
         wao.start()
         try:
             assert wao.weights(WEB, endpoints(*SLOPES)) is None
             wait_until(
                 lambda: cluster.predictors["node-a"].request_count >= 1,
-                timeout=10,
                 what="the scoring thread asking node-a",
             )
             # The scoring thread is stuck on node-a's predictor, yet weights answer at once,
@@ -315,7 +317,7 @@ def test_weights_never_wait_for_a_slow_predictor(cluster: WaoCluster, client: Ap
             for nodes in (endpoints(*SLOPES), endpoints("node-a", "node-b")):
                 asking = threading.Thread(target=wao.weights, args=(WEB, nodes))
                 asking.start()
-                asking.join(timeout=1.0)
+                asking.join(timeout=HUNG_AFTER / 5)
                 assert not asking.is_alive()
         finally:
             cluster.predictors["node-a"].stop()  # lets the held request go
