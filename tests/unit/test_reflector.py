@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import itertools
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,13 +25,13 @@ from waolb.kube import (
     ENDPOINT_SLICES,
     NODES,
     SERVICES,
-    Backoff,
     KubeConfigError,
     Reflector,
     Resource,
     build_api_client,
     load_configuration,
 )
+from waolb.runner import Backoff
 
 PROXY_NAME = "service.kubernetes.io/service-proxy-name"
 HEADLESS = "service.kubernetes.io/headless"
@@ -473,15 +472,6 @@ def test_the_collector_is_held_off_until_the_last_of_overlapping_lists_is_handed
     assert slices.names() == {"web-a"}
     assert (services.collector_enabled, slices.collector_enabled) == ([False], [False])
     assert gc.isenabled()
-
-
-def test_backoff_doubles_to_its_cap_with_jitter() -> None:
-    backoff = Backoff()
-    rng = random.Random(7)
-    for attempt, full in enumerate([0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30.0, 30.0]):
-        delay = backoff.delay(attempt, rng)
-        assert full / 2 <= delay <= full
-    assert backoff.delay(10_000, rng) <= 30.0
 
 
 # Client configuration.

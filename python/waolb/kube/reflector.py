@@ -31,6 +31,8 @@ import urllib3
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
+from waolb.runner import Backoff
+
 logger = structlog.get_logger(__name__)
 
 JsonObject = dict[str, Any]
@@ -82,23 +84,6 @@ class WatchHandler(Protocol):
 
     def delete(self, kind: str, obj: JsonObject) -> None:
         """An object was deleted (``obj`` is its last state)."""
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff: ``initial`` doubling (``factor``) up to ``cap`` seconds, each delay
-    shortened at random by up to ``jitter`` of itself so that many clients spread out."""
-
-    initial: float = 0.8
-    cap: float = 30.0
-    factor: float = 2.0
-    jitter: float = 0.5
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        """The wait before retry number ``attempt`` (0 for the first) of a run of failures."""
-        # The exponent is clamped only so that long outages cannot overflow the float.
-        full = min(self.cap, self.initial * self.factor ** min(attempt, 64))
-        return full * (1.0 - self.jitter * rng.random())
 
 
 class _CollectorPause:
