@@ -8,6 +8,7 @@ with every process it started in them, even when something fails halfway.
 from .addressing import CLIENT_ADDRESS, EXTERNAL_CIDRS, FABRIC_GATEWAY, SERVICE_CIDRS
 from .conntrack import ConntrackEntry, ConntrackTuple, conntrack_entries
 from .delay import DelayLink
+from .kube import KubeLab, LabService, ObjectApi, kube_lab
 from .netns import (
     CLONE_NEWNET,
     HUNG_AFTER,
@@ -22,7 +23,9 @@ from .netns import (
     wait_until,
     write_sysctls,
 )
+from .objects import Backend, PortSpec, endpoint_slices, node_object, service_object
 from .ownership import sweep_stale
+from .proxies import HEALTHZ_PORT, METRICS_PORT, Proxy, waolb_executable
 from .topology import (
     GATEWAY4,
     GATEWAY6,
@@ -46,7 +49,9 @@ __all__ = [
     "FABRIC_GATEWAY",
     "GATEWAY4",
     "GATEWAY6",
+    "HEALTHZ_PORT",
     "HUNG_AFTER",
+    "METRICS_PORT",
     "NETNS_PREFIX",
     "NODE_BRIDGE",
     "POD_SUBNET4",
@@ -54,6 +59,7 @@ __all__ = [
     "PROTOCOLS",
     "SERVER_PORT",
     "SERVICE_CIDRS",
+    "Backend",
     "Cluster",
     "CommandError",
     "ConntrackEntry",
@@ -61,22 +67,32 @@ __all__ = [
     "DelayLink",
     "Exchange",
     "Host",
+    "KubeLab",
     "Lab",
+    "LabService",
     "Netns",
     "Node",
+    "ObjectApi",
     "Pod",
+    "PortSpec",
+    "Proxy",
     "ServerSpec",
     "cluster",
     "conntrack_entries",
+    "endpoint_slices",
     "entered",
     "exchange",
     "host_run",
     "ip_batch",
+    "kube_lab",
     "multinode",
+    "node_object",
     "run",
+    "service_object",
     "start_servers",
     "stop_process",
     "sweep_stale",
     "wait_until",
+    "waolb_executable",
     "write_sysctls",
 ]
