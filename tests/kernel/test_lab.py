@@ -173,3 +173,28 @@ def test_a_delay_link_slows_only_the_chosen_pair_and_goes_away(lab: Lab) -> None
         link.close()
     assert round_trip(a, b) < delay
     assert a.ns.run("ip", "-o", "link", "show").stdout.count("to-node-b") == 0
+
+
+def test_a_stopped_server_refuses_and_a_restarted_one_answers(lab: Lab) -> None:
+    pod = lab.nodes[2].pods[0]
+    pod.stop_server()
+    try:
+        for proto in ("tcp", "udp"):
+            result = lab.pods[0].exchange(pod.ipv6 or "", SERVER_PORT, proto=proto, count=2)
+            assert result.error_kinds == {"refused": 2}, (proto, result)
+    finally:
+        pod.start_server()
+    only(lab.pods[0].exchange(pod.ipv4, SERVER_PORT, proto="udp", count=2), pod.name, 2)
+
+
+@pytest.mark.parametrize(
+    ("family", "extra"), [(4, "172.18.0.201"), (6, "fd00:172:18::201")], ids=["ipv4", "ipv6"]
+)
+def test_the_client_can_send_from_an_extra_address(lab: Lab, family: int, extra: str) -> None:
+    lab.client.add_address(extra)
+    node = lab.nodes[1]
+    result = lab.client.exchange(node.address(family), SERVER_PORT, count=2, source=extra)
+    only(result, node.name, 2)
+    assert result.sources == {node.name: [extra]}
+    result = lab.client.exchange(node.address(family), SERVER_PORT, count=1)
+    assert result.sources == {node.name: [lab.client.address(family)]}

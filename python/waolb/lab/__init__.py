@@ -5,7 +5,13 @@ Used by ``make demo`` and by the tests. Everything here works only inside namesp
 with every process it started in them, even when something fails halfway.
 """
 
-from .addressing import CLIENT_ADDRESS, EXTERNAL_CIDRS, FABRIC_GATEWAY, SERVICE_CIDRS
+from .addressing import (
+    CLIENT_ADDRESS,
+    CLUSTER_CIDRS,
+    EXTERNAL_CIDRS,
+    FABRIC_GATEWAY,
+    SERVICE_CIDRS,
+)
 from .conntrack import ConntrackEntry, ConntrackTuple, conntrack_entries
 from .delay import DelayLink
 from .kube import KubeLab, LabService, ObjectApi, kube_lab
@@ -45,6 +51,7 @@ from .traffic import PROTOCOLS, SERVER_PORT, Exchange, ServerSpec, exchange, sta
 __all__ = [
     "CLIENT_ADDRESS",
     "CLONE_NEWNET",
+    "CLUSTER_CIDRS",
     "EXTERNAL_CIDRS",
     "FABRIC_GATEWAY",
     "GATEWAY4",

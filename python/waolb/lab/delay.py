@@ -7,7 +7,8 @@ namespace, joined by a small process (:mod:`waolb.lab.tunnel`) that holds each p
 the configured time, plus routes that prefer that link for the other host's addresses (and,
 for a node, its pod CIDR). Addresses and the path's hops are unchanged: only the time differs.
 Closing the link stops the process; its devices and routes vanish, and traffic takes the
-fabric again.
+fabric again. Only traffic addressed to the other host takes the link (its InternalIPs and,
+for a node, its pod CIDR); what the client routes via a node to Service addresses does not.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def delay_link(lab: Lab, a: Host, b: Host, there: float, back: float) -> DelayLi
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # Ctrl-C reaches the lab's owner, which stops it
     )  # fmt: skip
     link = DelayLink(a, b, there, back, process)
     try:

@@ -111,7 +111,8 @@ class Netns:
         )
 
     def popen(self, *cmd: str) -> subprocess.Popen[str]:
-        """Starts ``cmd`` inside the namespace; it is stopped when the namespace closes.
+        """Starts ``cmd`` inside the namespace, in a session of its own; it is stopped when
+        the namespace closes.
 
         stdin is a pipe the process may watch: it closes when the test process dies.
         """
@@ -121,6 +122,9 @@ class Netns:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # Not in the caller's process group: Ctrl-C reaches the caller alone, which then
+            # stops everything in order.
+            start_new_session=True,
         )
         self._processes.append(proc)
         return proc

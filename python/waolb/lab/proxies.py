@@ -65,6 +65,7 @@ class Proxy:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env=self.env,
+                start_new_session=True,  # Ctrl-C reaches the lab's owner, which stops it
             )
         return self
 

@@ -28,7 +28,15 @@ from . import addressing, ownership
 from .addressing import Family
 from .conntrack import ConntrackEntry, conntrack_entries
 from .delay import BASE_METRIC, DelayLink, delay_link
-from .netns import CommandError, Netns, entered, ip_batch, wait_until, write_sysctls
+from .netns import (
+    CommandError,
+    Netns,
+    entered,
+    ip_batch,
+    stop_process,
+    wait_until,
+    write_sysctls,
+)
 from .traffic import (
     PROTOCOLS,
     SERVER_PORT,
@@ -73,6 +81,8 @@ class Host:
     ns: Netns
     ipv4: str
     ipv6: str | None
+    #: The server answering as ``name`` (see :mod:`waolb.lab.peer`), if one runs.
+    server: subprocess.Popen[str] | None = field(default=None, kw_only=True)
 
     def address(self, family: Family) -> str:
         address = self.ipv4 if family == 4 else self.ipv6
@@ -88,14 +98,42 @@ class Host:
         """:func:`~waolb.lab.traffic.exchange` from this namespace."""
         return exchange(self.ns, host, port, **options)
 
+    def start_server(
+        self, ports: tuple[int, ...] = (SERVER_PORT,), protocols: tuple[str, ...] = PROTOCOLS
+    ) -> None:
+        """(Re)starts the server answering as this host's name."""
+        self.stop_server()
+        (self.server,) = start_servers([ServerSpec(self.ns, self.name, ports, protocols)])
+
+    def stop_server(self) -> None:
+        """Stops the server, as if the pod's process died: its ports refuse from now on."""
+        if self.server is not None:
+            stop_process(self.server)
+            self.ns.forget(self.server)
+            self.server = None
+
+    def add_address(self, address: str, device: str = UPLINK) -> None:
+        """Gives the host one more address on the fabric's prefix (for source-range tests:
+        ``exchange(..., source=address)``); the first address stays the default source (an
+        IPv4 secondary, an IPv6 address deprecated at once)."""
+        family = addressing.family_of(address)
+        prefix = addressing.prefix_length(addressing.FABRIC_CIDRS[family])
+        lifetime = " preferred_lft 0" if family == 6 else ""
+        ip_batch(self.ns, [f"addr add {address}/{prefix} dev {device} nodad{lifetime}"])
+
 
 @dataclass
 class Pod(Host):
     """A pod: its own namespace on its node's bridge, with a server on ``ports``."""
 
-    ports: tuple[int, ...]
-    server: subprocess.Popen[str] | None = None
+    ports: tuple[int, ...] = (SERVER_PORT,)
     node: str = ""
+
+    def start_server(
+        self, ports: tuple[int, ...] | None = None, protocols: tuple[str, ...] = PROTOCOLS
+    ) -> None:
+        """(Re)starts the pod's server, on its own ports unless told otherwise."""
+        super().start_server(ports or self.ports, protocols)
 
 
 @dataclass
@@ -106,7 +144,6 @@ class Node(Host):
     index: int = 0
     zone: str = ""
     pods: list[Pod] = field(default_factory=list)
-    server: subprocess.Popen[str] | None = None
 
     def pod_cidr(self, family: Family) -> str:
         return addressing.pod_cidr(self.index, family)
