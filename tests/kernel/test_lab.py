@@ -198,3 +198,13 @@ def test_the_client_can_send_from_an_extra_address(lab: Lab, family: int, extra:
     assert result.sources == {node.name: [extra]}
     result = lab.client.exchange(node.address(family), SERVER_PORT, count=1)
     assert result.sources == {node.name: [lab.client.address(family)]}
+
+
+def test_an_answer_that_is_not_name_and_source_is_counted_not_fatal(lab: Lab) -> None:
+    (server,) = start_servers([ServerSpec(lab.fabric, "two words", protocols=("tcp",))])
+    try:
+        result = lab.client.exchange(lab.fabric_address(4), SERVER_PORT, count=3)
+        assert (result.counts, result.errors) == ({}, {"bad answer": 3}), result
+    finally:
+        stop_process(server)
+        lab.fabric.forget(server)

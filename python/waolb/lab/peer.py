@@ -343,6 +343,9 @@ def exchange(options: Options) -> dict[str, Any]:
             name = _error_name(error)
             errors[name] = errors.get(name, 0) + 1
             continue
+        except ValueError:  # not "NAME SOURCE": something else answered
+            errors["bad answer"] = errors.get("bad answer", 0) + 1
+            continue
         counts[backend] = counts.get(backend, 0) + 1
         sources.setdefault(backend, set()).add(source)
         latencies.setdefault(backend, []).append(time.monotonic() - began)
