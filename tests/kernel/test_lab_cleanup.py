@@ -113,6 +113,16 @@ def test_a_failing_run_leaves_no_namespace_or_process(runs: list[Run]) -> None:
     assert not any((ownership.CLAIMS_DIR / name).exists() for name in run.made["namespaces"])
 
 
+def test_an_interrupted_run_leaves_no_namespace_or_process(runs: list[Run]) -> None:
+    """Ctrl-C (SIGINT to the run alone: the lab's children have sessions of their own)."""
+    run = Run("wait")
+    runs.append(run)
+    run.process.send_signal(signal.SIGINT)
+    assert run.finish() != 0
+    assert set(run.made["namespaces"]).isdisjoint(namespaces())
+    wait_until(lambda: not any(alive(pid) for pid in run.pids), what="the run's processes gone")
+
+
 def test_a_build_that_fails_halfway_removes_what_it_made(monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[str] = []
     enter = Netns.__enter__
