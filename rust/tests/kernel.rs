@@ -61,7 +61,8 @@ fn tag(action: &'static str) -> MessageTag {
     }
 }
 
-fn send(batch: Batch) -> Result<(), BatchError> {
+/// Sends a batch; every error the kernel reported (none: committed).
+fn send(batch: Batch) -> Vec<BatchError> {
     let mut socket = Socket::open().expect("netlink socket");
     let (wire, tags, first_seq) = batch.finish();
     socket
@@ -618,7 +619,7 @@ fn encoders_round_trip_through_nft() {
     rule.counter();
     rule.finish(Some(&long));
 
-    send(batch).expect("the kernel takes the batch");
+    assert_eq!(send(batch), [], "the kernel takes the batch");
     let listing = list_table(TABLE).expect("the table exists");
 
     let sets: Vec<&String> = listing.sets.keys().collect();
@@ -835,7 +836,7 @@ fn ip6_encoders_round_trip_through_nft() {
     let mut rule = RuleBuilder::new(&mut batch, t6, "postrouting", tag("add rule"));
     rule.masquerade(0);
     rule.finish(None);
-    send(batch).expect("the kernel takes the batch");
+    assert_eq!(send(batch), [], "the kernel takes the batch");
 
     let (ok, stdout, stderr) = nft_cmd(&["-j", "list", "table", "ip6", TABLE]);
     assert!(ok, "{stderr}");
@@ -907,7 +908,7 @@ fn large_element_lists_are_split_and_all_arrive() {
         batch.message_count() - before > 1,
         "one message cannot hold them"
     );
-    send(batch).expect("the kernel takes the batch");
+    assert_eq!(send(batch), [], "the kernel takes the batch");
     let listing = list_table(TABLE).expect("the table exists");
     let elems = listing.sets["pairs"].at("elem").items();
     assert_eq!(elems.len(), count as usize);
@@ -945,7 +946,7 @@ fn dumps_read_back_every_rule_of_one_table_only() {
     let mut rule = RuleBuilder::new(&mut batch, other, "c", tag("add rule"));
     rule.counter();
     rule.finish(None);
-    send(batch).expect("the kernel takes the batch");
+    assert_eq!(send(batch), [], "the kernel takes the batch");
 
     let mut socket = Socket::open().expect("netlink socket");
     let ip = Family::Ip.nfproto();
@@ -984,10 +985,7 @@ fn dumps_read_back_every_rule_of_one_table_only() {
     let mut batch = Batch::new(socket.next_seq());
     nft::delete_table(&mut batch, other, tag("delete table"));
     let (wire, tags, first_seq) = batch.finish();
-    assert_eq!(
-        socket.send_batch(&wire, &tags, first_seq).expect("I/O"),
-        Ok(())
-    );
+    assert_eq!(socket.send_batch(&wire, &tags, first_seq).expect("I/O"), []);
 }
 
 /// A message the kernel refuses, added among good ones.
@@ -1106,10 +1104,14 @@ fn one_bad_message_fails_the_batch_names_it_and_commits_nothing() {
         nft::add_chain(&mut batch, T, "d", None, good("add chain"));
 
         let (wire, tags, first_seq) = batch.finish();
-        let error = socket
+        let errors = socket
             .send_batch(&wire, &tags, first_seq)
-            .expect("netlink I/O")
-            .expect_err(case.what);
+            .expect("netlink I/O");
+        // The first error is the bad message's. The kernel goes on checking the rest of the
+        // batch, and a table that failed validation fails later rules of it too.
+        let Some(error) = errors.first() else {
+            panic!("{}: accepted", case.what)
+        };
         assert_eq!(error.errno, case.errno, "{}: {error:?}", case.what);
         assert_eq!(error.tag, Some(bad_tag), "{}: {error:?}", case.what);
         assert_eq!(
@@ -1133,10 +1135,10 @@ fn one_bad_message_fails_the_batch_names_it_and_commits_nothing() {
     nft::add_table(&mut batch, T, tag("add table"));
     nft::add_chain(&mut batch, T, "c", None, tag("add chain"));
     let (wire, tags, first_seq) = batch.finish();
-    socket
+    let errors = socket
         .send_batch(&wire, &tags, first_seq)
-        .expect("netlink I/O")
-        .expect("the kernel takes the batch");
+        .expect("netlink I/O");
+    assert_eq!(errors, [], "the kernel takes the batch");
     assert_eq!(socket.generation().unwrap(), generation.wrapping_add(1));
     assert!(list_table(TABLE)
         .expect("the table exists")
@@ -1163,16 +1165,19 @@ fn a_flood_of_errors_is_reported_not_waited_for_forever() {
         }
         let (wire, tags, first_seq) = batch.finish();
         let result = socket.send_batch(&wire, &tags, first_seq);
-        let _ = done.send(result.map(|r| r.map_err(|e| (e.errno, e.tag))));
+        let _ = done.send(result.map(|errors| {
+            let first = errors.first().map(|e| (e.errno, e.tag));
+            (errors.len(), first)
+        }));
     });
     // Only a safety net against a hang: the answer takes well under a second on an idle
     // machine, so a generous limit stays clear of a slow or busy one.
     match outcome.recv_timeout(std::time::Duration::from_secs(120)) {
         Ok(result) => {
-            let error = result
-                .expect("netlink I/O")
-                .expect_err("no table, no rules");
-            assert_eq!(error, (libc::ENOENT, Some(tag("add rule"))));
+            let (count, first) = result.expect("netlink I/O");
+            // Every report that fitted, and a last one saying the rest were dropped.
+            assert!(count > 1, "{count} errors");
+            assert_eq!(first, Some((libc::ENOENT, Some(tag("add rule")))));
         }
         // The helper thread stays blocked in recv(); the test process ends anyway. A helper
         // that panicked (a missing prerequisite) drops the sender: that is an error too.
