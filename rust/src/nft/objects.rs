@@ -46,8 +46,14 @@ const UDATA_SET_DATABYTEORDER: u8 = 1;
 const TYPE_BITS: u32 = 6;
 
 /// The data type id of a concatenation, as nft encodes it.
-pub fn concat_type(types: &[u32]) -> u32 {
-    types.iter().fold(0, |acc, t| (acc << TYPE_BITS) | t)
+pub const fn concat_type(types: &[u32]) -> u32 {
+    let mut id = 0;
+    let mut i = 0;
+    while i < types.len() {
+        id = (id << TYPE_BITS) | types[i];
+        i += 1;
+    }
+    id
 }
 
 pub fn add_table(batch: &mut Batch, table: TableRef<'_>, tag: MessageTag) {

@@ -2,6 +2,9 @@
 //! apart from it (stubs in python/waolb/_native.pyi).
 
 mod dataplane;
+mod errors;
+mod port;
+mod results;
 mod weights;
 
 use pyo3::prelude::*;
