@@ -129,19 +129,18 @@ impl Dataplane {
                 Vec::new()
             };
             if errors.is_empty() {
-                let report = SyncReport {
-                    full: plan.full,
-                    summary: batch.summary,
-                    elapsed: Duration::ZERO,
-                    changed: plan.changed().cloned().collect(),
-                    removed: plan.remove.clone(),
-                    refused: plan.refused.clone(),
-                    held: plan.held.clone(),
-                };
+                let summary = batch.summary;
+                // The batch is the largest thing alive; the ledger grows only after it goes.
+                drop(batch);
                 self.ruleset.commit(request, &plan);
                 return Ok(SyncReport {
+                    full: plan.full,
+                    summary,
                     elapsed: start.elapsed(),
-                    ..report
+                    changed: plan.changed().cloned().collect(),
+                    removed: plan.remove,
+                    refused: plan.refused,
+                    held: plan.held,
                 });
             }
             blame(&batch, &errors, &mut refused)?;

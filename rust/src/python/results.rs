@@ -32,7 +32,6 @@ impl PortRefusal {
         let (errno, action, holder) = match &refusal.reason {
             RefusalReason::Kernel { errno, action, .. } => (Some(*errno), Some(*action), None),
             RefusalReason::Clash { holder } => (None, None, Some(port_key(holder))),
-            RefusalReason::Invalid(_) => (None, None, None),
         };
         PortRefusal {
             key: port_key(id),

@@ -1,7 +1,7 @@
 //! The ledger: what the kernel holds in waolb's tables, as of the last committed batch. It is
 //! the one record of the kernel's state; every sync is planned against it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use super::model::{MapKey, ServiceId, ServicePort};
@@ -10,8 +10,9 @@ use super::shards::Shards;
 #[derive(Default)]
 pub struct Ledger {
     applied: HashMap<ServiceId, ServicePort>,
-    /// The programmed ports of each Service (namespace, name), for partial syncs.
-    by_service: HashMap<(String, String), BTreeSet<ServiceId>>,
+    /// The programmed ports of each Service (namespace, name), for partial syncs. A Vec: a
+    /// Service has a port or a few, and a tree node would cost ten times the memory.
+    by_service: HashMap<(String, String), Vec<ServiceId>>,
     /// How many programmed endpoints use each address: its hairpin element lives while > 0.
     hairpin_refs: HashMap<IpAddr, u32>,
     /// Which service port holds each map key (address . protocol . port), so a partial sync
@@ -34,14 +35,6 @@ impl Ledger {
 
     pub fn shards(&self) -> Shards {
         self.shards
-    }
-
-    pub fn len(&self) -> usize {
-        self.applied.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.applied.is_empty()
     }
 
     /// Every programmed port, in no particular order.
@@ -113,7 +106,7 @@ impl Ledger {
         self.by_service
             .entry((id.namespace.clone(), id.name.clone()))
             .or_default()
-            .insert(id.clone());
+            .push(id.clone());
         self.applied.insert(id, port);
     }
 
@@ -136,7 +129,7 @@ impl Ledger {
         }
         let service = (id.namespace.clone(), id.name.clone());
         if let Some(ports) = self.by_service.get_mut(&service) {
-            ports.remove(&id);
+            ports.retain(|port| port != &id);
             if ports.is_empty() {
                 self.by_service.remove(&service);
             }

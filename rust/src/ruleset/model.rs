@@ -98,11 +98,6 @@ impl ServiceId {
             self.port_name
         )
     }
-
-    /// The Service it is a port of.
-    pub fn service(&self) -> (&str, &str) {
-        (&self.namespace, &self.name)
-    }
 }
 
 impl fmt::Display for ServiceId {

@@ -7,7 +7,7 @@ use std::fmt;
 use std::io;
 
 use super::ledger::Ledger;
-use super::model::{InvalidPort, MapKey, ServiceId, ServicePort};
+use super::model::{MapKey, ServiceId, ServicePort};
 use super::shards::Shards;
 
 /// What a sync asks for, checked: the desired ports and the ports to hold.
@@ -15,7 +15,7 @@ pub struct SyncRequest {
     /// The Services a partial sync covers (namespace, name); `None` for a full sync.
     services: Option<HashSet<(String, String)>>,
     ports: Vec<ServicePort>,
-    ids: Vec<ServiceId>,
+    /// Each port's position in `ports`.
     index: HashMap<ServiceId, usize>,
     hold: HashSet<ServiceId>,
 }
@@ -64,7 +64,6 @@ impl SyncRequest {
         Ok(SyncRequest {
             services,
             ports,
-            ids,
             index,
             hold,
         })
@@ -72,10 +71,6 @@ impl SyncRequest {
 
     pub fn is_full(&self) -> bool {
         self.services.is_none()
-    }
-
-    pub fn ports(&self) -> &[ServicePort] {
-        &self.ports
     }
 
     pub fn into_ports(self) -> Vec<ServicePort> {
@@ -86,8 +81,6 @@ impl SyncRequest {
 /// Why a service port's new state was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RefusalReason {
-    /// The port's checks failed (see [`ServicePort::validate`]).
-    Invalid(String),
     /// Another port holds the same address, protocol and port.
     Clash { holder: ServiceId },
     /// The kernel refused a message of the port's change.
@@ -102,7 +95,6 @@ impl RefusalReason {
     /// A short name for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {
-            RefusalReason::Invalid(_) => "invalid",
             RefusalReason::Clash { .. } => "clash",
             RefusalReason::Kernel { .. } => "kernel",
         }
@@ -122,22 +114,9 @@ pub struct Refusal {
     pub kept: bool,
 }
 
-impl Refusal {
-    pub fn from_invalid(invalid: InvalidPort, kept: bool) -> Refusal {
-        Refusal {
-            id: invalid.id,
-            port: invalid.port,
-            cluster_ip: String::new(),
-            reason: RefusalReason::Invalid(invalid.problem),
-            kept,
-        }
-    }
-}
-
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.reason {
-            RefusalReason::Invalid(problem) => write!(f, "{}: {problem}", self.id),
             RefusalReason::Clash { holder } => write!(
                 f,
                 "{} and {holder} both claim {} port {}/{}",
@@ -197,11 +176,6 @@ impl Plan {
     /// The ports whose kernel state changes.
     pub fn changed(&self) -> impl Iterator<Item = &ServiceId> {
         self.write.iter().filter(|w| w.changed).map(|w| &w.id)
-    }
-
-    /// Whether the batch writes or removes this port.
-    pub fn touches(&self, id: &ServiceId) -> bool {
-        self.write.iter().any(|w| &w.id == id && w.changed) || self.remove.contains(id)
     }
 }
 
@@ -304,7 +278,7 @@ pub fn resolve<'a>(ledger: &'a Ledger, request: &'a SyncRequest, write: &Write) 
 /// The ports a sync decides about, in id order: every programmed and desired one for a full
 /// sync, those of the Services covered for a partial one.
 fn scope<'a>(ledger: &'a Ledger, request: &'a SyncRequest) -> Vec<&'a ServiceId> {
-    let mut ids: HashSet<&ServiceId> = request.ids.iter().collect();
+    let mut ids: HashSet<&ServiceId> = request.index.keys().collect();
     match &request.services {
         None => ids.extend(ledger.ids()),
         Some(services) => {
