@@ -549,5 +549,3 @@ def test_trigger_times_of_changes_after_start_are_reported_once(state: ClusterSt
         )
     )
     assert state.take_changes().trigger_times == ()
-
-
