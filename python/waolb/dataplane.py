@@ -33,7 +33,6 @@ PROGRAMMED_PROTOCOLS: Final = frozenset({"TCP", "UDP"})
 #: A port to program: its endpoints and their weights (one per endpoint).
 DesiredPort = tuple[PortEndpoints, tuple[int, ...]]
 ProgrammedEndpoint = _native.ProgrammedEndpoint
-NftError = _native.NftError
 
 
 @dataclass(frozen=True)
@@ -95,8 +94,8 @@ class NftablesDataplane:
         """Program ``ports``: all of them (``services`` None, a full sync) or those of
         ``services``, whose other programmed ports go. ``hold`` ports keep their state.
 
-        Raises NftError (nothing changed) when the kernel refuses the batch for a reason no
-        port explains, OSError when the socket fails.
+        Raises ``waolb._native.NftError`` (an OSError; nothing changed) when the kernel refuses
+        the batch for a reason no port explains, OSError when the socket fails.
         """
         natives: list[_native.ServicePort] = []
         held = set(hold)
