@@ -66,6 +66,9 @@ class RecordingDataplane(NftablesDataplane):
         namespace = None if name is None else "default"
         self._native.inject_fault(code, namespace=namespace, name=name, action=action, times=times)
 
+    def clear_faults(self) -> None:
+        self._native.clear_faults()
+
     def kinds(self) -> list[str]:
         return [kind for kind, _ in self.calls]
 
@@ -320,7 +323,7 @@ def test_health_turns_bad_when_syncs_keep_failing(harness: Harness) -> None:
     assert harness.health.status().healthy
     harness.wall += 60.0  # 2 x sync period later, still nothing programmed
     assert not harness.health.status().healthy
-    harness.dataplane._native.clear_faults()
+    harness.dataplane.clear_faults()
     harness.next()
     assert harness.health.status().healthy
 
@@ -422,7 +425,7 @@ def test_a_kernel_refusal_keeps_the_previous_rules_through_partial_and_full_sync
     ]
     assert harness.port_errors("kernel") == 1
     # The cause goes: the retry after the next full sync programs the new endpoints.
-    harness.dataplane._native.clear_faults()
+    harness.dataplane.clear_faults()
     while harness.dataplane.endpoints("web") != ["10.0.0.1", "10.0.0.2"]:
         assert harness.clock.now < 30
         harness.next()
