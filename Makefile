@@ -36,9 +36,12 @@ $(STAMP)/venv: $(STAMP)/apt pyproject.toml
 
 venv: $(STAMP)/venv
 
+# The development build adds the fault-injection feature: tests make the kernel refuse ports
+# on demand (rust/src/dataplane/faults.rs). Release wheels and images are built without it.
 $(STAMP)/native: $(STAMP)/venv $(NATIVE_SOURCES)
 	VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$$PATH \
-	  $(VENV)/bin/maturin develop -q --release --extras dev
+	  $(VENV)/bin/maturin develop -q --release --extras dev \
+	    --features python,pyo3/extension-module,fault-injection
 	@touch $@
 
 native: $(STAMP)/native
@@ -53,11 +56,13 @@ rust-test: $(STAMP)/apt
 	else echo "rust kernel tests ignored: they need root"; fi
 	cargo clippy -q --manifest-path rust/Cargo.toml --all-targets -- -D warnings
 	cargo clippy -q --manifest-path rust/Cargo.toml --all-targets --features python -- -D warnings
+	cargo clippy -q --manifest-path rust/Cargo.toml --all-targets --all-features -- -D warnings
 
 lint: $(STAMP)/native
 	$(VENV)/bin/ruff check python tests bench
 	$(VENV)/bin/ruff format --check python tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/python -m mypy.stubtest waolb._native
 
 py-test: $(STAMP)/native
 	$(VENV)/bin/python -m pytest tests

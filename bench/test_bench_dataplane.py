@@ -16,7 +16,7 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from netns import Netns, entered
-from waolb._native import Dataplane, ServicePort
+from waolb._native import Dataplane, ServicePort, SyncResult
 
 ENDPOINTS_PER_SERVICE = 10
 
@@ -90,13 +90,13 @@ def full_sync(benchmark: BenchmarkFixture, namespace: Netns, count: int, rounds:
     services = make_services(count)
     with entered(namespace):
         dataplane = Dataplane()
-        stats = benchmark.pedantic(dataplane.replace, args=(services,), rounds=rounds, iterations=1)
+        stats = benchmark.pedantic(
+            dataplane.sync_full, args=(services,), rounds=rounds, iterations=1
+        )
     # The main table and the shard tables the service chains are spread over.
     tables = namespace.nft("list", "tables", "ip").stdout.count("table ")
-    benchmark.extra_info.update(
-        messages=stats["messages"], batch_bytes=stats["bytes"], tables=tables
-    )
-    assert stats["services"] == count
+    benchmark.extra_info.update(messages=stats.messages, batch_bytes=stats.bytes, tables=tables)
+    assert stats.services == count
 
 
 @pytest.mark.benchmark(group="full sync, 1 000 services x 10 endpoints")
@@ -121,21 +121,21 @@ def test_partial_sync_one_of_10000(benchmark: BenchmarkFixture, namespace: Netns
     versions = [make_services(5001, offset)[5000] for offset in (10, 20)]
     rounds = iter(range(1_000_000))
 
-    def change_one() -> object:
-        return dataplane.apply([versions[next(rounds) % 2]], [])
+    def change_one() -> SyncResult:
+        return dataplane.sync_services([("bench", "svc-5000")], [versions[next(rounds) % 2]])
 
     with entered(namespace):
         dataplane = Dataplane()
-        dataplane.replace(services)
+        dataplane.sync_full(services)
         stats = benchmark.pedantic(change_one, rounds=30, iterations=1)
-    assert stats["messages"] == 1 + ENDPOINTS_PER_SERVICE  # flush + one rule per endpoint
+    assert stats.messages == 1 + ENDPOINTS_PER_SERVICE  # flush + one rule per endpoint
 
 
 @pytest.mark.benchmark(group="read back 100 000 endpoint rules (waolb weights)")
 def test_read_endpoints_10000(benchmark: BenchmarkFixture, namespace: Netns) -> None:
     with entered(namespace):
         dataplane = Dataplane()
-        dataplane.replace(make_services(10_000))
+        dataplane.sync_full(make_services(10_000))
         endpoints = benchmark.pedantic(dataplane.read_endpoints, rounds=3, iterations=1)
     assert len(endpoints) == 10_000 * ENDPOINTS_PER_SERVICE
 
@@ -170,7 +170,7 @@ def test_nft_text_waolb_layout(
 ) -> None:
     benchmark.group = f"full sync, {count:,} services x 10 endpoints".replace(",", " ")
     with entered(namespace):
-        Dataplane().replace(make_services(count))
+        Dataplane().sync_full(make_services(count))
     listing = subprocess.run(
         ["ip", "netns", "exec", namespace.name, "nft", "list", "table", "ip", "wao-loadbalancer"],
         check=True,
@@ -191,7 +191,7 @@ PEAK_RSS_SCRIPT = textwrap.dedent(
     sys.path[:0] = {paths!r}
     from test_bench_dataplane import make_services
     from waolb._native import Dataplane
-    Dataplane().replace(make_services(10_000))
+    Dataplane().sync_full(make_services(10_000))
     status = open("/proc/self/status").read()
     print(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
     """

@@ -307,11 +307,11 @@ def parse_command_line(argv: Sequence[str]) -> CommandLine:
 
 def cleanup(config: ProxyConfig) -> int:
     """``--cleanup``: delete waolb's tables (both families) and report."""
-    from waolb._native import Dataplane  # noqa: PLC0415 - only needed here and in the proxier
+    from waolb.dataplane import NftablesDataplane  # noqa: PLC0415 - only here and in the proxier
 
     table = config.waolb.table_name
     try:
-        Dataplane(table, config.masquerade_bit).delete_tables()
+        NftablesDataplane.open(table, config.masquerade_bit).delete_tables()
     except OSError as error:
         log.error("cleanup failed", table=table, error=str(error))
         return 1

@@ -13,7 +13,10 @@ import argparse
 import sys
 
 from waolb import lab, logs
-from waolb._native import Dataplane, ServicePort, wao_scores
+from waolb._native import wao_scores
+from waolb.config import TABLE_NAME
+from waolb.dataplane import NftablesDataplane
+from waolb.state import EndpointInfo, PortEndpoints, ServicePortInfo, ServicePortKey
 
 CLUSTER_IP = "10.96.0.10"
 SERVICE_PORT = 80
@@ -26,22 +29,25 @@ def run_demo(connections: int) -> int:
     log = logs.get_logger("waolb.demo")
     scores = wao_scores(list(PREDICTED_DELTA_WATTS), [0, len(PREDICTED_DELTA_WATTS)])
     with lab.cluster(pods=len(PREDICTED_DELTA_WATTS)) as cluster:
-        service = ServicePort(
-            "demo",
-            "web",
-            "http",
-            "tcp",
-            4,
-            CLUSTER_IP,
-            SERVICE_PORT,
-            [pod.ipv4 for pod in cluster.pods],
-            [lab.SERVER_PORT] * len(cluster.pods),
-            scores,
+        key = ServicePortKey(4, "demo", "web", "http", "TCP")
+        info = ServicePortInfo(
+            key=key,
+            cluster_ip=CLUSTER_IP,
+            port=SERVICE_PORT,
+            node_port=0,
+            target_port=lab.SERVER_PORT,
+            session_affinity_timeout=None,
+            external_traffic_policy="Cluster",
+            internal_traffic_policy="Cluster",
+        )
+        endpoints = tuple(
+            EndpointInfo(pod.ipv4 or "", lab.SERVER_PORT, None, None, True, True, False, False)
+            for pod in cluster.pods
         )
         with lab.entered(cluster.node):
-            dataplane = Dataplane()
-        stats = dataplane.replace([service])
-        log.info("programmed", messages=stats["messages"], seconds=round(stats["seconds"], 4))
+            dataplane = NftablesDataplane.open(TABLE_NAME)
+        outcome = dataplane.sync({key: (PortEndpoints(info, endpoints), tuple(scores))})
+        log.info("programmed", messages=outcome.messages, refused=len(outcome.refused))
         chain = "service-demo/web/tcp/http"
         listing = cluster.node.nft("list", "chain", "ip", dataplane.table, chain).stdout
         print(f"\n# nft list chain ip {dataplane.table} {chain}\n{listing}")

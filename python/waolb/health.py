@@ -5,7 +5,8 @@ queued change has waited longer than the health timeout (2 x syncPeriod) without
 sync. Start-up counts as a queued change, so a proxy that never manages a first sync turns
 unhealthy too. ``/healthz`` also reports 503 when this node is being deleted (deletion
 timestamp, or the cluster autoscaler's ToBeDeleted taint), so that load balancers drain it;
-``/livez`` ignores the node, so the kubelet does not restart a proxy for it.
+``/livez`` ignores the node, so the kubelet does not restart a proxy for it. Both report 503
+for good once a background thread the rules depend on has died (:meth:`ProxierHealth.crashed`).
 """
 
 from __future__ import annotations
@@ -60,6 +61,13 @@ class ProxierHealth:
         self._last_updated: float | None = None
         self._oldest_queued: float | None = clock()
         self._node_eligible = True
+        self._crash: str | None = None
+
+    def crashed(self, what: str, error: BaseException) -> None:
+        """A thread the rules depend on died: unhealthy from now on, so that it is restarted."""
+        log.critical("unhealthy: a background thread died", thread=what, error=repr(error))
+        with self._lock:
+            self._crash = f"{what}: {error!r}"
 
     def queued_update(self) -> None:
         """Changes arrived that the rules do not reflect yet."""
@@ -91,7 +99,7 @@ class ProxierHealth:
             now = self._clock()
             queued = self._oldest_queued
             return HealthStatus(
-                healthy=queued is None or now - queued < self._timeout,
+                healthy=self._crash is None and (queued is None or now - queued < self._timeout),
                 last_updated=self._last_updated,
                 current_time=now,
                 node_eligible=self._node_eligible,

@@ -179,6 +179,13 @@ class ProxyMetrics:
             ["kind", "reason"],
             registry=r,
         )
+        self.sync_port_errors = Gauge(
+            "waolb_sync_port_errors",
+            "Service ports whose new state is refused and that keep their previous rules, by "
+            "reason (invalid, clash, kernel)",
+            ["reason"],
+            registry=r,
+        )
         self.sync_batch_messages = Histogram(
             "waolb_sync_batch_messages",
             "Netlink messages in one kernel batch",

@@ -19,8 +19,8 @@ import orjson
 from kubernetes.client import ApiClient
 
 from waolb import logs
-from waolb._native import Dataplane
 from waolb.config import ProxySettings
+from waolb.dataplane import NftablesDataplane
 from waolb.health import ProxierHealth
 from waolb.kube import (
     ENDPOINT_SLICES,
@@ -153,7 +153,7 @@ class Proxier:
             sync_period=config.sync_period,
             min_sync_period=config.min_sync_period,
         )
-        dataplane = Dataplane(settings.table_name, config.masquerade_bit)
+        dataplane = NftablesDataplane.open(settings.table_name, config.masquerade_bit)
         api_client = build_api_client(config.kubeconfig or None, config.master or None)
         self.weights = self._weight_providers(api_client)
         state = ClusterState(settings.node_name)

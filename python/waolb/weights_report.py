@@ -15,7 +15,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from waolb.config import (
     METRICS_PORT,
@@ -24,6 +24,9 @@ from waolb.config import (
     TABLE_NAME,
 )
 from waolb.metrics import WEIGHTS_PATH
+
+if TYPE_CHECKING:
+    from waolb.dataplane import ProgrammedEndpoint
 
 _COLUMNS: Final = ("SERVICE", "PORT", "ENDPOINT", "NODE", "DELTA_W", "WEIGHT", "SHARE")
 Row = dict[str, Any]
@@ -51,7 +54,7 @@ def fetch_scorer_view(address: str, timeout: float = 3.0) -> dict[str, Any]:
     return document
 
 
-def combine(kernel: Sequence[Mapping[str, Any]], scorer: Mapping[str, Any] | None) -> list[Row]:
+def combine(kernel: Sequence[ProgrammedEndpoint], scorer: Mapping[str, Any] | None) -> list[Row]:
     """One row per programmed endpoint: the kernel's weight and share, the scorer's why."""
     known: dict[_EndpointKey, Mapping[str, Any]] = {}
     for service in (scorer or {}).get("services", []):
@@ -68,29 +71,30 @@ def combine(kernel: Sequence[Mapping[str, Any]], scorer: Mapping[str, Any] | Non
             known[key] = {**endpoint, "cpu_per_request": service.get("cpu_per_request")}
     rows = []
     for entry in kernel:
+        protocol = entry.protocol.upper()
         key = (
-            entry["family"],
-            entry["namespace"],
-            entry["name"],
-            entry["port_name"],
-            entry["protocol"].upper(),
-            entry["ip"],
-            entry["port"],
+            entry.family,
+            entry.namespace,
+            entry.name,
+            entry.port_name,
+            protocol,
+            entry.ip,
+            entry.port,
         )
         scored = known.get(key, {})
         rows.append(
             {
-                "family": entry["family"],
-                "namespace": entry["namespace"],
-                "service": entry["name"],
-                "port": entry["port_name"],
-                "protocol": entry["protocol"].upper(),
-                "endpoint": _endpoint(entry["ip"], entry["port"]),
+                "family": entry.family,
+                "namespace": entry.namespace,
+                "service": entry.name,
+                "port": entry.port_name,
+                "protocol": protocol,
+                "endpoint": _endpoint(entry.ip, entry.port),
                 "node": scored.get("node"),
                 "delta_watts": scored.get("delta_watts"),
                 "cpu_per_request": scored.get("cpu_per_request"),
-                "weight": entry["weight"],
-                "share": entry["weight"] / entry["total"] if entry["total"] else 0.0,
+                "weight": entry.weight,
+                "share": entry.weight / entry.total if entry.total else 0.0,
             }
         )
     rows.sort(key=lambda r: (r["namespace"], r["service"], r["port"], r["family"], r["endpoint"]))
@@ -138,10 +142,10 @@ def main(argv: Sequence[str]) -> int:
     )
     arguments = parser.parse_args(argv)
 
-    from waolb._native import Dataplane  # noqa: PLC0415 - the command line must start fast
+    from waolb.dataplane import NftablesDataplane  # noqa: PLC0415 - the CLI must start fast
 
     try:
-        kernel = Dataplane(arguments.table).read_endpoints()
+        kernel = NftablesDataplane.open(arguments.table).read_endpoints()
     except OSError as error:
         print(f"waolb weights: cannot read the nftables table: {error}", file=sys.stderr)
         return 1

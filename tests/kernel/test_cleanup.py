@@ -16,7 +16,8 @@ WAOLB = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "waolb"
 
 
 def test_cleanup_deletes_waolbs_tables_and_exits_0(netns: Netns) -> None:
-    netns.run(sys.executable, "-c", "from waolb._native import Dataplane; Dataplane().replace([])")
+    program = "from waolb._native import Dataplane; Dataplane().sync_full([])"
+    netns.run(sys.executable, "-c", program)
     tables = netns.nft("list", "tables").stdout
     assert "table ip wao-loadbalancer" in tables
     assert "table ip6 wao-loadbalancer" in tables

@@ -29,7 +29,7 @@ from netns import (
     new_dataplane,
     requires_netns,
 )
-from rulesets import shard_names, spread, table_of
+from rulesets import apply, shard_names, spread, table_of
 from waolb._native import Dataplane, ServicePort
 
 pytestmark = requires_netns
@@ -141,7 +141,7 @@ class Connection:
 def test_traffic_from_the_node_follows_the_weights(
     net: Cluster, dp: Dataplane, protocol: str, weights: list[int], count: int
 ) -> None:
-    dp.replace([service(net, "shares", "10.96.0.10", weights, protocol=protocol)])
+    dp.sync_full([service(net, "shares", "10.96.0.10", weights, protocol=protocol)])
     result = exchange(net.node, "10.96.0.10", 80, proto=protocol, count=count)
     assert_shares(result, net, weights, count, f"{protocol} weights {weights}")
     # From the node, nothing is masqueraded: pods see the node's bridge address.
@@ -150,7 +150,7 @@ def test_traffic_from_the_node_follows_the_weights(
 
 def test_ipv6_service_works_for_tcp(net: Cluster, dp: Dataplane) -> None:
     weights = [2, 1, 1]
-    dp.replace(
+    dp.sync_full(
         [
             service(net, "web", "10.96.0.10", [1, 1, 1]),
             service(net, "web", "fd00:96::10", weights),
@@ -168,13 +168,13 @@ def test_weight_change_moves_new_connections_and_keeps_established_ones(
     net: Cluster, dp: Dataplane
 ) -> None:
     vip = "10.96.0.20"
-    dp.replace([service(net, "web", vip, [1, 0, 0])])
+    dp.sync_full([service(net, "web", vip, [1, 0, 0])])
     established = Connection(net.node, vip, 80)
     try:
         assert established.ask() == "pod0"
         for weights, pod in (([0, 1, 0], "pod1"), ([0, 0, 1], "pod2"), ([0, 3, 1], None)):
-            stats = dp.apply([service(net, "web", vip, weights)], [])
-            assert stats["services"] == 1
+            stats = apply(dp, [service(net, "web", vip, weights)])
+            assert stats.services == 1
             if pod is not None:
                 # New connections all land where the only weight is ...
                 result = exchange(net.node, vip, 80, count=200)
@@ -191,7 +191,7 @@ def test_weight_change_moves_new_connections_and_keeps_established_ones(
 def test_service_without_endpoints_is_refused_at_once(net: Cluster, dp: Dataplane) -> None:
     vip = "10.96.0.30"
     empty = [service(net, "empty", vip, []), service(net, "dns", vip, [], protocol="udp")]
-    dp.replace(empty)
+    dp.sync_full(empty)
     # From the node (nat output / filter output), and through the node from pods (forward).
     # The kernel lets a host have a burst of 6 ICMP errors, then 1 a second: stay below.
     for ns, protocol, expected in (
@@ -206,11 +206,11 @@ def test_service_without_endpoints_is_refused_at_once(net: Cluster, dp: Dataplan
         assert result.errors == {expected: 3}, (ns, protocol, result)
 
     # Endpoints arrive: the service moves to service-ips and answers...
-    dp.apply([service(net, "empty", vip, [1, 1])], [])
+    apply(dp, [service(net, "empty", vip, [1, 1])])
     result = exchange(net.node, vip, 80, count=50)
     assert result.errors == {} and set(result.counts) <= {"pod0", "pod1"}, result
     # ... and when they go, it is refused again.
-    dp.apply([service(net, "empty", vip, [])], [])
+    apply(dp, [service(net, "empty", vip, [])])
     result = exchange(net.node, vip, 80, count=3, timeout=HUNG_AFTER)
     assert result.errors == {"ECONNREFUSED": 3}, result
 
@@ -225,7 +225,7 @@ def test_hairpin_traffic_is_masqueraded(net: Cluster, dp: Dataplane, family: int
     gateway = net.gateway6 if v6 else net.gateway4
     pod0 = net.pods[0]
     own = (pod0.ipv6 if v6 else pod0.ipv4) or ""
-    dp.replace(
+    dp.sync_full(
         [
             service(net, "all", vip, [1, 1, 1]),
             service(net, "self", vip_self, [1]),
@@ -263,7 +263,7 @@ def test_services_answer_from_every_shard_table(net: Cluster, dp: Dataplane) -> 
     real = [service(net, f"web{k}", f"10.100.0.{k + 1}", weights) for k in range(9)]
     own = [service(net, f"self{k}", f"10.100.1.{k + 1}", [1]) for k in range(9)]
     empty = service(net, "empty", "10.100.2.1", [])
-    dp.replace([*filler, *real, *own, empty])
+    dp.sync_full([*filler, *real, *own, empty])
     tables = shard_names(net.node, "ip")
     assert len(tables) == 2
 

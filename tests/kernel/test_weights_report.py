@@ -7,24 +7,24 @@ import subprocess
 from pathlib import Path
 
 from netns import Netns, new_dataplane, requires_netns
-from waolb._native import ServicePort
+from waolb._native import ProgrammedEndpoint, ServicePort
 from waolb.weights_report import combine, default_metrics_address, render_table
 
 pytestmark = requires_netns
 
 WAOLB = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "waolb"
 
-KERNEL_ROW = {
-    "family": 4,
-    "namespace": "default",
-    "name": "web",
-    "protocol": "tcp",
-    "port_name": "http",
-    "ip": "10.244.0.10",
-    "port": 8080,
-    "weight": 100,
-    "total": 179,
-}
+KERNEL_ROW = ProgrammedEndpoint(
+    family=4,
+    namespace="default",
+    name="web",
+    protocol="tcp",
+    port_name="http",
+    ip="10.244.0.10",
+    port=8080,
+    weight=100,
+    total=179,
+)
 SCORER = {
     "nodes": [],
     "services": [
@@ -79,7 +79,7 @@ def test_the_command_reads_the_live_table() -> None:
 
 def check_the_live_table(netns: Netns) -> None:
     dataplane = new_dataplane(netns)
-    dataplane.replace(
+    dataplane.sync_full(
         [
             ServicePort(
                 "default", "web", "http", "TCP", 4, "10.96.0.10", 80,

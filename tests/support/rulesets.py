@@ -14,7 +14,7 @@ from typing import Any
 import nftables
 
 from netns import Netns, entered
-from waolb._native import ServicePort
+from waolb._native import Dataplane, ProgrammedEndpoint, ServicePort, SyncResult
 
 TABLE = "wao-loadbalancer"
 MARK = 1 << 14
@@ -44,6 +44,19 @@ def svc(
         [p for _, p, _ in endpoints],
         [w for _, _, w in endpoints],
     )
+
+
+def apply(
+    dp: Dataplane, upsert: Sequence[ServicePort], remove: Sequence[ServicePort] = ()
+) -> SyncResult:
+    """A partial sync that adds or changes ``upsert`` and removes ``remove``: the Services
+    they belong to are synced with their other programmed ports as they are."""
+    services = sorted({(p.namespace, p.name) for p in [*upsert, *remove]})
+    given = {p.key for p in [*upsert, *remove]}
+    others = [
+        p for p in dp.programmed() if (p.namespace, p.name) in services and p.key not in given
+    ]
+    return dp.sync_services(services, [*upsert, *others])
 
 
 def chain_of(service: ServicePort) -> str:
@@ -237,7 +250,7 @@ def endpoint_text(addr: str, port: int) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
-def expected_endpoints(services: Sequence[ServicePort]) -> list[dict[str, Any]]:
+def expected_endpoints(services: Sequence[ServicePort]) -> list[ProgrammedEndpoint]:
     """What ``read_endpoints`` must return: one entry per endpoint of weight > 0, services in
     (family, namespace, name, protocol, port name) order, endpoints in rule order."""
     ordered = sorted(services, key=lambda s: (s.family, s.namespace, s.name, s.protocol,
@@ -250,18 +263,11 @@ def expected_endpoints(services: Sequence[ServicePort]) -> list[dict[str, Any]]:
         for ip, port, weight in zip(s.endpoint_ips, s.endpoint_ports, weights, strict=True):
             if weight > 0:
                 expected.append(
-                    {
-                        "family": s.family,
-                        "namespace": s.namespace,
-                        "name": s.name,
-                        "protocol": s.protocol,
-                        "port_name": s.port_name,
-                        "ip": ip,
-                        "port": port,
-                        "weight": weight,
-                        "total": total,
-                    }
-                )
+                    ProgrammedEndpoint(
+                        s.family, s.namespace, s.name, s.protocol, s.port_name, ip, port,
+                        weight, total,
+                    )
+                )  # fmt: skip
     return expected
 
 

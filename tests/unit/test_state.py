@@ -13,12 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from builders import endpoint, endpoint_slice, key, service
-from waolb._native import ServicePort
 from waolb.state import (
     ClusterState,
     EndpointInfo,
     MalformedObjectError,
-    NativePortCache,
     PortEndpoints,
     ServiceName,
     parse_endpoint_slice,
@@ -551,60 +549,3 @@ def test_trigger_times_of_changes_after_start_are_reported_once(state: ClusterSt
         )
     )
     assert state.take_changes().trigger_times == ()
-
-
-# ---- native objects -----------------------------------------------------------------------
-
-
-def port_of(state: ClusterState, *slice_endpoints: str, **service_fields: Any) -> PortEndpoints:
-    state.upsert_service(service(**service_fields))
-    state.upsert_endpoint_slice(
-        endpoint_slice("web-a", endpoints=tuple(endpoint(ip) for ip in slice_endpoints))
-    )
-    return next(iter(state.all_ports().values()))
-
-
-def test_native_ports_are_built_once_per_input(state: ClusterState) -> None:
-    cache = NativePortCache()
-    port = port_of(state, "10.0.0.2", "10.0.0.1")
-    native = cache.get(port, (1, 3))
-    assert isinstance(native, ServicePort)
-    assert (native.namespace, native.name, native.port_name) == ("default", "web", "http")
-    assert (native.protocol, native.family, native.cluster_ip, native.port) == (
-        "tcp",
-        4,
-        "10.96.0.10",
-        80,
-    )
-    assert native.endpoint_ips == ["10.0.0.1", "10.0.0.2"]
-    assert native.endpoint_ports == [8080, 8080]
-    assert native.weights == [1, 3]
-    assert cache.get(port, (1, 3)) is native
-    reweighted = cache.get(port, (2, 2))
-    assert reweighted is not native
-    assert reweighted is not None
-    assert reweighted.weights == [2, 2]
-    cache.retain([])
-    assert cache.get(port, (2, 2)) is not reweighted
-
-
-def test_sctp_ports_are_tracked_but_not_built(state: ClusterState) -> None:
-    port = port_of(state, "10.0.0.1", ports=(("sig", "SCTP", 3868),))
-    assert port.info.key.protocol == "SCTP"
-    with structlog.testing.capture_logs() as logs:
-        assert NativePortCache().get(port, (1,)) is None
-    assert [(e["event"], e["log_level"]) for e in logs] == [
-        ("not programming a non-TCP/UDP service port yet", "debug")
-    ]
-
-
-def test_ports_the_dataplane_rejects_are_logged_once_per_version(state: ClusterState) -> None:
-    # Upper case passes the Service parser but is no Kubernetes name for the dataplane.
-    port = port_of(state, "10.0.0.1", ports=(("HTTP", "TCP", 80),))
-    cache = NativePortCache()
-    with structlog.testing.capture_logs() as logs:
-        assert cache.get(port, (1,)) is None
-        assert cache.get(port, (1,)) is None
-    assert len(logs) == 1
-    assert logs[0]["event"] == "the dataplane rejects a service port"
-    assert "HTTP" in logs[0]["error"]
