@@ -11,7 +11,6 @@ kube-proxy DaemonSet starts; anything else is an error (exit status 2).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -19,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from waolb import __version__, logs
-from waolb.config import (
+from waolb.config.file import load_config_file
+from waolb.config.settings import (
     FLAGS_APPLIED_WITH_CONFIG_FILE,
     HEALTHZ_PORT,
     METRICS_PORT,
@@ -27,15 +27,24 @@ from waolb.config import (
     ConfigError,
     ProxyConfig,
     apply_flags,
+    resolve_settings,
+)
+from waolb.config.values import (
+    KUBE_API_BURST,
+    KUBE_API_QPS,
+    MIN_SYNC_PERIOD,
+    SYNC_PERIOD,
+    VERBOSITY,
+    duration_within,
+    integer_flag,
     normalize_bind_address,
+    number_flag,
     parse_bind_ip,
     parse_cidrs,
-    parse_duration,
     parse_go_bool,
     parse_hostname,
     parse_node_port_addresses,
     parse_proxy_mode,
-    resolve_settings,
 )
 
 log = logs.get_logger(__name__)
@@ -86,40 +95,6 @@ def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
             raise argparse.ArgumentTypeError(str(error)) from None
 
     return convert
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f'"{text}" is not an integer') from None
-    if value < 0:
-        raise ValueError(f"{value} must not be negative")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f'"{text}" is not a number') from None
-    if value < 0 or math.isnan(value):
-        raise ValueError(f'"{text}" must not be negative')
-    return value
-
-
-def _period(text: str) -> float:
-    value = parse_duration(text)
-    if value <= 0:
-        raise ValueError(f'"{text}" must be greater than 0')
-    return value
-
-
-def _min_period(text: str) -> float:
-    value = parse_duration(text)
-    if value < 0:
-        raise ValueError(f'"{text}" must not be negative')
-    return value
 
 
 def _bind_address(default_port: int) -> Callable[[str], str]:
@@ -188,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-v",
         "--v",
         dest="verbosity",
-        type=_argument_type(_non_negative_int),
+        type=_argument_type(integer_flag(VERBOSITY)),
         metavar="LEVEL",
         help="log verbosity: 0-1 info, 2 and more debug",
     )
@@ -219,14 +194,29 @@ def build_parser() -> argparse.ArgumentParser:
         action="extend",
     )
     bool_flag("masquerade-all", "SNAT all traffic sent to cluster IPs", "masquerade_all")
-    value_flag("kube-api-qps", _non_negative_float, "API requests per second", "qps")
-    value_flag("kube-api-burst", _non_negative_int, "API request burst", "burst")
+    value_flag(
+        "kube-api-qps",
+        number_flag(KUBE_API_QPS),
+        "API requests per second, shared by every request of the process (0: 5)",
+        "qps",
+    )
+    value_flag(
+        "kube-api-burst",
+        integer_flag(KUBE_API_BURST),
+        "API requests allowed at once above the rate (0: 10)",
+        "burst",
+    )
     for family in ("iptables", "ipvs"):
-        value_flag(f"{family}-sync-period", _period, "full resync period", f"{family}_sync_period")
+        value_flag(
+            f"{family}-sync-period",
+            duration_within(SYNC_PERIOD),
+            "full resync period (at most 24h)",
+            f"{family}_sync_period",
+        )
         value_flag(
             f"{family}-min-sync-period",
-            _min_period,
-            "minimum time between syncs",
+            duration_within(MIN_SYNC_PERIOD),
+            "minimum time between syncs (at most the sync period)",
             f"{family}_min_sync_period",
         )
 
@@ -344,7 +334,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flags=sorted(command_line.flag_names[dest] for dest in overridden),
             )
     try:
-        config = apply_flags(command_line.flags, command_line.config_file, command_line.waolb_flags)
+        file_config = (
+            load_config_file(command_line.config_file)
+            if command_line.config_file is not None
+            else None
+        )
+        config = apply_flags(command_line.flags, file_config, command_line.waolb_flags)
         logs.configure_logging(config.verbosity, config.log_format)
         if config.mode and config.mode != "nftables":
             log.warning("proxy mode is always nftables in waolb", configured_mode=config.mode)

@@ -22,14 +22,9 @@ from waolb import logs
 from waolb._native import Dataplane
 from waolb.config import ProxySettings
 from waolb.health import ProxierHealth
-from waolb.kube import (
-    ENDPOINT_SLICES,
-    NODES,
-    SERVICES,
-    KubeConfigError,
-    Reflector,
-    build_api_client,
-)
+from waolb.kube.client import KubeConfigError, build_api_client
+from waolb.kube.reflector import Reflector
+from waolb.kube.resources import ENDPOINT_SLICES, NODE_CONFIGS, NODES, SERVICES
 from waolb.metrics import WEIGHTS_PATH, HttpEndpoint, ProxyMetrics, Route, metrics_routes
 from waolb.policy import WeightProvider
 from waolb.policy.equal import EqualWeights
@@ -37,7 +32,7 @@ from waolb.policy.select import PolicySelector
 from waolb.policy.wao import WaoWeights
 from waolb.state import ClusterState
 from waolb.sync import SyncLoop
-from waolb.wao.inventory import NODE_CONFIGS, WaoInventory
+from waolb.wao.inventory import WaoInventory
 from waolb.wao.metrics_api import ClusterMetrics
 from waolb.wao.predictor import PowerPredictors
 from waolb.wao.scorer import NodePowerScorer

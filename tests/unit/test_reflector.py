@@ -21,16 +21,9 @@ from kubeapi import SERVICES as SERVICE_TYPE
 from kubeapi import KubeApiServer
 from kubeapi.objects import endpoint_slice, node, service
 from netns import HUNG_AFTER
-from waolb.kube import (
-    ENDPOINT_SLICES,
-    NODES,
-    SERVICES,
-    KubeConfigError,
-    Reflector,
-    Resource,
-    build_api_client,
-    load_configuration,
-)
+from waolb.kube.client import KubeConfigError, build_api_client, load_configuration
+from waolb.kube.reflector import Reflector
+from waolb.kube.resources import ENDPOINT_SLICES, NODES, SERVICES, Resource
 from waolb.runner import Backoff
 
 PROXY_NAME = "service.kubernetes.io/service-proxy-name"

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from kubeapi import NODE_METRICS, ApiError, KubeApiServer
 from kubeapi.objects import node, node_metrics
-from waolb.kube import build_api_client
+from waolb.kube.client import build_api_client
 from waolb.wao.metrics_api import (
     CUSTOM_METRICS_PATH,
     NODE_METRICS_PATH,

@@ -11,7 +11,7 @@ import pytest
 from kubernetes.client import ApiClient
 
 from kubeapi import KubeApiServer
-from waolb.state import MalformedObjectError
+from waolb.kube.objects import MalformedObjectError
 from waolb.wao.nodeconfig import EndpointTerm, NodeConfig, parse_node_config
 from waolb.wao.predictor import BasicAuth, PredictorError
 from waolb.wao.secrets import SecretReader

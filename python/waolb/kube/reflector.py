@@ -22,7 +22,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
@@ -31,6 +30,7 @@ import urllib3
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
+from waolb.kube.resources import Resource
 from waolb.runner import Backoff
 
 logger = structlog.get_logger(__name__)
@@ -47,30 +47,6 @@ HANDLER_ERROR = "handler_error"  # the handler raised; relisted so it can start 
 
 # A watch open this long is healthy even without events: the next restart needs no backoff.
 _HEALTHY_WATCH_SECONDS = 1.0
-
-
-@dataclass(frozen=True)
-class Resource:
-    """A resource type to list and watch across all namespaces; ``group`` is "" for core."""
-
-    group: str
-    version: str
-    plural: str
-    kind: str
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-    @property
-    def collection_path(self) -> str:
-        prefix = f"/apis/{self.group}" if self.group else "/api"
-        return f"{prefix}/{self.version}/{self.plural}"
-
-
-SERVICES = Resource("", "v1", "services", "Service")
-ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
-NODES = Resource("", "v1", "nodes", "Node")
 
 
 class WatchHandler(Protocol):
