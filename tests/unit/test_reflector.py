@@ -24,6 +24,7 @@ from netns import HUNG_AFTER
 from waolb.kube.client import KubeConfigError, build_api_client, load_configuration
 from waolb.kube.reflector import Reflector
 from waolb.kube.resources import ENDPOINT_SLICES, NODES, SERVICES, Resource
+from waolb.kube.rest import RestClient
 from waolb.runner import Backoff
 
 PROXY_NAME = "service.kubernetes.io/service-proxy-name"
@@ -123,7 +124,7 @@ def start_reflector(api_client: ApiClient) -> Iterator[StartReflector]:
     ) -> tuple[Reflector, RecordingHandler]:
         handler = handler or RecordingHandler()
         options.setdefault("backoff", FAST_BACKOFF)
-        reflector = Reflector(api_client, resource, handler, **options)
+        reflector = Reflector(RestClient(api_client), resource, handler, **options)
         started.append(reflector)
         reflector.start()
         assert reflector.wait_for_sync(5.0)
@@ -492,7 +493,7 @@ def test_kubeconfig_reaches_the_server(kube_api: KubeApiServer, tmp_path: Path) 
     kubeconfig = write_kubeconfig(tmp_path / "config", kube_api.url)
     client = build_api_client(kubeconfig)
     handler = RecordingHandler()
-    reflector = Reflector(client, SERVICES, handler)
+    reflector = Reflector(RestClient(client), SERVICES, handler)
     reflector.start()
     try:
         assert reflector.wait_for_sync(5.0)
@@ -551,7 +552,7 @@ def test_a_kubeconfig_pointing_at_no_server_leaves_the_reflector_unsynced(
     client = build_api_client(write_kubeconfig(tmp_path / "config", f"http://127.0.0.1:{port}"))
     restarts = Restarts()
     reflector = Reflector(
-        client, SERVICES, RecordingHandler(), backoff=FAST_BACKOFF, on_restart=restarts
+        RestClient(client), SERVICES, RecordingHandler(), backoff=FAST_BACKOFF, on_restart=restarts
     )
     reflector.start()
     try:

@@ -12,6 +12,7 @@ from kubernetes.client import ApiClient
 
 from kubeapi import KubeApiServer
 from waolb.kube.objects import MalformedObjectError
+from waolb.kube.rest import RestClient
 from waolb.wao.nodeconfig import EndpointTerm, NodeConfig, parse_node_config
 from waolb.wao.predictor import BasicAuth, PredictorError
 from waolb.wao.secrets import SecretReader
@@ -171,7 +172,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def reader(kube_client: ApiClient, clock: FakeClock) -> SecretReader:
-    return SecretReader(kube_client, ttl=30.0, clock=clock)
+    return SecretReader(RestClient(kube_client), ttl=30.0, clock=clock)
 
 
 def expect_secret_error(reader: SecretReader, name: str) -> str:
@@ -256,7 +257,7 @@ def test_server_errors_are_not_cached(kube_api: KubeApiServer, reader: SecretRea
 def test_an_unreachable_api_server_is_an_error(
     kube_api: KubeApiServer, kube_client: ApiClient
 ) -> None:
-    reader = SecretReader(kube_client, ttl=30.0, request_timeout=1.0)
+    reader = SecretReader(RestClient(kube_client), ttl=30.0, request_timeout=1.0)
     kube_api.stop()
     assert "reading it failed" in expect_secret_error(reader, "any")
 
