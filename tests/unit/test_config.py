@@ -27,6 +27,7 @@ from waolb.config import (
 )
 
 HEADER = {"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration"}
+HEADER_TEXT = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
 
 # A kubeadm-style file with every field waolb reads set away from its default.
 FULL_FILE = """\
@@ -327,6 +328,9 @@ def test_unreadable_and_invalid_files_name_the_problem(tmp_path: Path) -> None:
         load_config_file(write(tmp_path, "mode: [nftables\n"))
     with pytest.raises(ConfigError, match=r"does not hold a KubeProxyConfiguration"):
         load_config_file(write(tmp_path, "- just\n- a list\n"))
+    # Python refuses to convert integers of more than 4300 digits: once a ValueError traceback.
+    with pytest.raises(ConfigError, match=r"--config: .* is not valid YAML: .*digits"):
+        load_config_file(write(tmp_path, f"{HEADER_TEXT}clientConnection:\n  qps: {'9' * 5000}\n"))
 
 
 # ---- precedence ---------------------------------------------------------------------------
@@ -360,6 +364,13 @@ def test_sync_period_flags_apply_by_mode_as_in_kube_proxy(
     }
     config = apply_flags(flags, None)
     assert (config.sync_period, config.min_sync_period) == expected
+
+
+def test_a_zero_rate_or_burst_means_client_gos_default() -> None:
+    config = apply_flags({"qps": 0.0, "burst": 0}, None)
+    assert (config.qps, config.burst) == (5.0, 10)
+    config = config_from_document(document(clientConnection={"qps": 0, "burst": 0}))
+    assert (config.qps, config.burst) == (5.0, 10)
 
 
 def test_a_zero_min_sync_period_flag_is_kept() -> None:

@@ -524,6 +524,7 @@ def test_master_alone_needs_no_kubeconfig(kube_api: KubeApiServer) -> None:
         (None, "does not exist"),
         ("directory", "cannot read kubeconfig"),
         ("clusters: [unclosed", "is not valid YAML"),
+        (f"port: {'9' * 5000}", "is not valid YAML"),
         ("just a string", "is not a kubeconfig"),
         ("clusters: []\ncontexts: []\nusers: []\ncurrent-context: missing", "is invalid"),
         ("serverless", "has no server"),

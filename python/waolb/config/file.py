@@ -315,7 +315,8 @@ def load_config_file(path: str) -> ProxyConfig:
             document = yaml.safe_load(stream)
     except OSError as error:
         raise ConfigError(f"--config: cannot read {path}: {error.strerror or error}") from None
-    except yaml.YAMLError as error:
+    # ValueError: an integer of more than 4300 digits, which Python refuses to convert.
+    except (yaml.YAMLError, ValueError) as error:
         raise ConfigError(f"--config: {path} is not valid YAML: {error}") from None
     if not isinstance(document, dict):
         raise ConfigError(f"--config: {path} does not hold a {KIND} object")

@@ -87,7 +87,8 @@ def _load_kubeconfig(
         ) from None
     try:
         document = yaml.safe_load(text)
-    except yaml.YAMLError as error:
+    # ValueError: an integer of more than 4300 digits, which Python refuses to convert.
+    except (yaml.YAMLError, ValueError) as error:
         raise KubeConfigError(f"kubeconfig {path} is not valid YAML: {error}") from None
     if not isinstance(document, dict):
         raise KubeConfigError(
