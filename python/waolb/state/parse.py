@@ -93,6 +93,58 @@ def parse_service(obj: object) -> ParsedService | None:
     meta = object_metadata(obj)
     assert isinstance(obj, dict)  # object_metadata checked it
     spec = expect_type(obj.get("spec"), dict, "spec", "an object")
+    ip_by_family = _cluster_ips(spec, meta)
+    if ip_by_family is None:
+        return None
+    # What every port of the Service shares.
+    shared: dict[str, Any] = {
+        "session_affinity_timeout": _affinity_timeout(spec),
+        "external_traffic_policy": _traffic_policy(spec, "externalTrafficPolicy"),
+        "internal_traffic_policy": _traffic_policy(spec, "internalTrafficPolicy"),
+        "annotations": meta.annotations,
+    }
+    ports: list[ServicePortInfo] = []
+    seen: set[tuple[str, str]] = set()
+    for index, port in enumerate(optional_field(spec, "ports", list, "spec", "a list") or []):
+        where = f"spec.ports[{index}]"
+        expect_type(port, dict, where, "an object")
+        port_name = optional_field(port, "name", str, where, "a name") or ""
+        protocol = _protocol(port, where)
+        if (port_name, protocol) in seen:
+            raise MalformedObjectError(f"{where}: duplicate port {shown(port_name)}/{protocol}")
+        seen.add((port_name, protocol))
+        number = _port_number(port.get("port"), f"{where}.port")
+        node_port = port.get("nodePort")
+        target = port.get("targetPort")
+        if isinstance(target, str) and target:
+            target_port: int | str = target
+        elif target is None:
+            target_port = number
+        else:
+            target_port = _port_number(target, f"{where}.targetPort")
+        for family, ip in sorted(ip_by_family.items()):
+            ports.append(
+                ServicePortInfo(
+                    key=ServicePortKey(family, meta.namespace, meta.name, port_name, protocol),
+                    cluster_ip=ip,
+                    port=number,
+                    node_port=0
+                    if node_port is None
+                    else _port_number(node_port, f"{where}.nodePort", allow_zero=True),
+                    target_port=target_port,
+                    **shared,
+                )
+            )
+    return ParsedService(
+        name=ServiceName(meta.namespace, meta.name),
+        ports=tuple(ports),
+        annotations=meta.annotations,
+        resource_version=meta.resource_version,
+    )
+
+
+def _cluster_ips(spec: Mapping[str, Any], meta: ObjectMetadata) -> dict[int, str] | None:
+    """The Service's cluster IP by family; None when no proxy handles the Service."""
     service_type = optional_field(spec, "type", str, "spec", "a service type") or "ClusterIP"
     expect_choice(service_type, _SERVICE_TYPES, "spec.type", "service type")
     cluster_ip = optional_field(spec, "clusterIP", str, "spec", "an IP address") or ""
@@ -116,71 +168,29 @@ def parse_service(obj: object) -> ParsedService | None:
         optional_field(spec, "ipFamilies", list, "spec", "a list") or []
     ):
         expect_choice(family_name, _ADDRESS_FAMILIES, f"spec.ipFamilies[{index}]", "family")
+    return ip_by_family
 
+
+def _affinity_timeout(spec: Mapping[str, Any]) -> int | None:
+    """None without session affinity; else the ClientIP affinity timeout in seconds."""
     affinity = optional_field(spec, "sessionAffinity", str, "spec", "a string") or "None"
-    affinity_timeout: int | None = None
-    if affinity == "ClientIP":
-        config = optional_field(spec, "sessionAffinityConfig", dict, "spec", "an object") or {}
-        client_ip = optional_field(
-            config, "clientIP", dict, "spec.sessionAffinityConfig", "an object"
-        )
-        affinity_timeout = DEFAULT_AFFINITY_TIMEOUT
-        if client_ip is not None:
-            where = "spec.sessionAffinityConfig.clientIP"
-            timeout = optional_field(client_ip, "timeoutSeconds", int, where, "seconds")
-            if timeout is not None:
-                if not 0 < timeout <= MAX_AFFINITY_TIMEOUT:
-                    raise MalformedObjectError(
-                        f"{where}.timeoutSeconds: {shown(timeout)} is out of range"
-                    )
-                affinity_timeout = timeout
-    elif affinity != "None":
+    if affinity == "None":
+        return None
+    if affinity != "ClientIP":
         raise MalformedObjectError(f"spec.sessionAffinity: unknown value {shown(affinity)}")
-    external_policy = _traffic_policy(spec, "externalTrafficPolicy")
-    internal_policy = _traffic_policy(spec, "internalTrafficPolicy")
-
-    ports: list[ServicePortInfo] = []
-    seen: set[tuple[str, str]] = set()
-    for index, port in enumerate(optional_field(spec, "ports", list, "spec", "a list") or []):
-        where = f"spec.ports[{index}]"
-        expect_type(port, dict, where, "an object")
-        port_name = optional_field(port, "name", str, where, "a name") or ""
-        protocol = _protocol(port, where)
-        if (port_name, protocol) in seen:
-            raise MalformedObjectError(f"{where}: duplicate port {shown(port_name)}/{protocol}")
-        seen.add((port_name, protocol))
-        number = _port_number(port.get("port"), f"{where}.port")
-        node_port = port.get("nodePort")
-        target = port.get("targetPort")
-        if isinstance(target, str) and target:
-            target_port: int | str = target
-        elif target is None:
-            target_port = number
-        else:
-            target_port = _port_number(target, f"{where}.targetPort")
-        for family, ip in sorted(ip_by_family.items()):
-            key = ServicePortKey(family, meta.namespace, meta.name, port_name, protocol)
-            ports.append(
-                ServicePortInfo(
-                    key=key,
-                    cluster_ip=ip,
-                    port=number,
-                    node_port=0
-                    if node_port is None
-                    else _port_number(node_port, f"{where}.nodePort", allow_zero=True),
-                    target_port=target_port,
-                    session_affinity_timeout=affinity_timeout,
-                    external_traffic_policy=external_policy,
-                    internal_traffic_policy=internal_policy,
-                    annotations=meta.annotations,
-                )
-            )
-    return ParsedService(
-        name=ServiceName(meta.namespace, meta.name),
-        ports=tuple(ports),
-        annotations=meta.annotations,
-        resource_version=meta.resource_version,
+    config = optional_field(spec, "sessionAffinityConfig", dict, "spec", "an object") or {}
+    client_ip = optional_field(config, "clientIP", dict, "spec.sessionAffinityConfig", "an object")
+    where = "spec.sessionAffinityConfig.clientIP"
+    timeout = (
+        None
+        if client_ip is None
+        else optional_field(client_ip, "timeoutSeconds", int, where, "seconds")
     )
+    if timeout is None:
+        return DEFAULT_AFFINITY_TIMEOUT
+    if not 0 < timeout <= MAX_AFFINITY_TIMEOUT:
+        raise MalformedObjectError(f"{where}.timeoutSeconds: {shown(timeout)} is out of range")
+    return int(timeout)
 
 
 def _traffic_policy(spec: Mapping[str, Any], key: str) -> str:
