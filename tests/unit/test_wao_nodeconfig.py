@@ -238,6 +238,11 @@ def test_undecodable_values_are_errors(kube_api: KubeApiServer, reader: SecretRe
     document["data"]["password"] = "not base64!"
     kube_api.create(document)
     assert "'password' is not base64" in expect_secret_error(reader, "garbled")
+    # Not even ASCII: base64 refuses it with a plain ValueError, which once escaped the reader.
+    document = secret("accented", password="calvin")
+    document["data"]["username"] = "\u00e9t\u00e9"
+    kube_api.create(document)
+    assert "'username' is not base64" in expect_secret_error(reader, "accented")
 
 
 def test_forbidden_is_an_error(kube_api: KubeApiServer, reader: SecretReader) -> None:

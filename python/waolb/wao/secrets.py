@@ -16,7 +16,6 @@ transport failures and other statuses are not, so the next call asks again.
 from __future__ import annotations
 
 import base64
-import binascii
 import threading
 import time
 from collections.abc import Callable
@@ -113,5 +112,6 @@ def _decoded(data: dict[str, object], key: str, where: str) -> str:
         raise PredictorError("secret", f"{where} has no {key!r} key")
     try:
         return base64.b64decode(value, validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    # ValueError: text that is not even ASCII (binascii.Error is one too).
+    except (ValueError, UnicodeDecodeError):
         raise PredictorError("secret", f"{where}: {key!r} is not base64 of UTF-8 text") from None
