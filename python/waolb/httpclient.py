@@ -198,8 +198,9 @@ _DEADLINE_POOLS: Final = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool
 
 def install(manager: urllib3.PoolManager) -> urllib3.PoolManager:
     """Prepare an existing pool manager (such as the Kubernetes client's) for deadlines."""
-    manager.pool_classes_by_scheme = _DEADLINE_POOLS
-    manager.clear()  # pools made before now have the plain connections
+    if manager.pool_classes_by_scheme is not _DEADLINE_POOLS:
+        manager.pool_classes_by_scheme = _DEADLINE_POOLS
+        manager.clear()  # pools made before now have the plain connections
     return manager
 
 
