@@ -517,6 +517,7 @@ def test_wao_defaults_are_upstreams_constants() -> None:
         ({"metricsCacheTTL": "25h"}, 'waolb.metricsCacheTTL: "25h" is too large: at most 24h'),
         ({"requestTimeout": "6m"}, 'waolb.requestTimeout: "6m" is too large: at most 5m'),
         ({"cpuPerRequest": 10**5000}, "waolb.cpuPerRequest: <a int too large to show> is not a"),
+        ({"cpuPerRequest": 2048}, "waolb.cpuPerRequest: 2048 is too large: at most 1024 is sane"),
     ],
 )
 def test_bad_wao_settings_name_the_field(section: dict[str, Any], message: str) -> None:

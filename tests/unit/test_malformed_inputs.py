@@ -255,6 +255,11 @@ def test_mutated_nodes(obj: Any) -> None:
     assert inventory.cpu_capacity("steady-node-a") == 4.0
 
 
+def test_a_large_node_is_no_malformed_node() -> None:
+    """The bound on the cpuPerRequest setting is no bound on what a Node may have."""
+    assert node_cpu_capacity(node("big-node", cpu="2048")) == ("big-node", 2048.0)
+
+
 @FUZZ
 @given(
     mutated(

@@ -285,7 +285,8 @@ def parse_parallelism(value: object) -> int:
 
 
 def parse_cpu_quantity(value: object) -> float:
-    """A Kubernetes CPU quantity ("100m", "0.5", "2") in cores: above zero, at most 1024."""
+    """A Kubernetes CPU quantity ("100m", "0.5", "2") in cores, above zero (a Node's capacity,
+    a Service's annotation)."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f'expected a CPU quantity such as "100m", got {shown(value)}')
     as_written = f'"{value}"' if isinstance(value, str) else shown(value)
@@ -295,7 +296,13 @@ def parse_cpu_quantity(value: object) -> float:
         raise ValueError(f'{as_written} is not a CPU quantity (e.g. "100m", "0.5")') from None
     if not cores > 0:
         raise ValueError(f"{as_written} must be a CPU quantity above zero")
-    CPU_PER_REQUEST.check(cores, as_written)
+    return cores
+
+
+def parse_cpu_per_request(value: object) -> float:
+    """The cpuPerRequest setting: a CPU quantity, at most 1024 cores."""
+    cores = parse_cpu_quantity(value)
+    CPU_PER_REQUEST.check(cores, f'"{value}"' if isinstance(value, str) else shown(value))
     return cores
 
 

@@ -28,7 +28,7 @@ import structlog
 
 from waolb import httpclient
 from waolb.kube.resources import Resource
-from waolb.kube.rest import ApiError, RestClient
+from waolb.kube.rest import ApiError, RestClient, decode_json, read_body
 from waolb.runner import Backoff
 
 logger = structlog.get_logger(__name__)
@@ -295,7 +295,7 @@ class Reflector(threading.Thread):
         ]
         # Silent that long, or open that long, the watch has outlived its own timeout.
         limit = timeout_seconds + self.request_timeout
-        with self._open_watch(query, limit) as response:
+        with self._open(query, limit, silence=limit) as response:
             opened = time.monotonic()
             try:
                 for line in _lines(response):
@@ -351,24 +351,26 @@ class Reflector(threading.Thread):
         return query
 
     def _get_json(self, query: list[tuple[str, str]]) -> JsonObject:
-        """A page of the collection; any failure raises _Restart."""
+        """A page of the collection; any failure raises _Restart. stop() interrupts it."""
+        path = self.resource.collection_path
         try:
-            page = self.rest.get_json(
-                self.resource.collection_path, query, timeout=self.list_timeout
-            )
+            with self._open(query, self.list_timeout, silence=None) as response:
+                page = decode_json(path, read_body(path, response))
         except ApiError as error:
             raise _restart_for(error) from None
         if not isinstance(page, dict):
             raise _Restart(ERROR, "the list is not a JSON object", relist=True)
         return page
 
-    def _open_watch(self, query: list[tuple[str, str]], limit: float) -> _TrackedResponse:
+    def _open(
+        self, query: list[tuple[str, str]], limit: float, silence: float | None
+    ) -> _TrackedResponse:
         try:
-            response = self.rest.watch(
+            response = self.rest.open(
                 self.resource.collection_path,
                 query,
                 timeout=limit,
-                read_timeout=limit,
+                read_timeout=silence,
                 cancel=self._stopping,
             )
         except ApiError as error:
@@ -384,7 +386,7 @@ class Reflector(threading.Thread):
 
 
 class _TrackedResponse:
-    """A watch the reflector reads from; stop() can interrupt it while it is open."""
+    """A list or watch the reflector reads from; stop() can interrupt it while it is open."""
 
     def __init__(self, reflector: Reflector, response: httpclient.OpenResponse) -> None:
         self._reflector = reflector

@@ -74,44 +74,27 @@ class RestClient:
         self, path: str, query: Query = (), *, timeout: float, max_body: int | None = None
     ) -> bytes:
         """The body of a 200 answer to GET ``path``, within ``timeout`` seconds."""
-        with self._open(path, query, timeout=timeout) as response:
-            try:
-                return response.read(max_body)
-            except httpclient.HttpError as error:
-                raise _transport_error(path, error) from None
+        with self.open(path, query, timeout=timeout) as response:
+            return read_body(path, response, max_body)
 
     def get_json(
         self, path: str, query: Query = (), *, timeout: float, max_body: int | None = None
     ) -> Any:
         """The decoded JSON of a 200 answer to GET ``path``, within ``timeout`` seconds."""
-        body = self.get(path, query, timeout=timeout, max_body=max_body)
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as error:
-            raise ApiError("response", path, f"undecodable answer: {error}") from None
+        return decode_json(path, self.get(path, query, timeout=timeout, max_body=max_body))
 
-    def watch(
+    def open(
         self,
         path: str,
-        query: Query,
-        *,
-        timeout: float,
-        read_timeout: float,
-        cancel: threading.Event | None = None,
-    ) -> httpclient.OpenResponse:
-        """An open 200 answer to a watch; it ends by ``timeout`` seconds from now, or once
-        silent for ``read_timeout``. ``cancel`` ends a wait for the rate limit."""
-        return self._open(path, query, timeout=timeout, read_timeout=read_timeout, cancel=cancel)
-
-    def _open(
-        self,
-        path: str,
-        query: Query,
+        query: Query = (),
         *,
         timeout: float,
         read_timeout: float | None = None,
         cancel: threading.Event | None = None,
     ) -> httpclient.OpenResponse:
+        """An open 200 answer to GET ``path`` (a list to read, a watch to stream) that ends by
+        ``timeout`` seconds from now, or once silent for ``read_timeout``; another thread may
+        interrupt it. ``cancel`` ends a wait for the rate limit."""
         asked_at = time.monotonic()
         if self.limiter is not None and not self.limiter.acquire(within=timeout, cancel=cancel):
             raise ApiError(
@@ -143,6 +126,21 @@ class RestClient:
             with response:
                 raise _status_error(path, response)
         return response
+
+
+def read_body(path: str, response: httpclient.OpenResponse, max_body: int | None = None) -> bytes:
+    """The whole body of an open answer; ApiError if it does not come in full."""
+    try:
+        return response.read(max_body)
+    except httpclient.HttpError as error:
+        raise _transport_error(path, error) from None
+
+
+def decode_json(path: str, body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise ApiError("response", path, f"undecodable answer: {error}") from None
 
 
 def _transport_error(path: str, error: httpclient.HttpError) -> ApiError:
