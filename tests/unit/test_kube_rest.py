@@ -245,3 +245,18 @@ def test_status_errors_carry_the_status_objects_fields(
     assert (error.kind, error.status, error.reason) == ("status", 404, "NotFound")
     assert error.message == 'secrets "none" not found'
     assert str(error).startswith("/api/v1/namespaces/default/secrets/none: HTTP 404 NotFound")
+
+
+def test_stop_interrupts_a_list_being_read(trickling_api: RestClient) -> None:
+    reflector = Reflector(
+        trickling_api,
+        SERVICES,
+        handler=None,  # type: ignore[arg-type]  # never reached: the list never completes
+        list_timeout=HUNG_AFTER,
+    )
+    reflector.start()
+    assert wait_until(lambda: reflector._open_response is not None)
+    started = time.monotonic()
+    reflector.stop(timeout=HUNG_AFTER)
+    assert not reflector.is_alive()
+    assert time.monotonic() - started < WELL_WITHIN
