@@ -11,7 +11,6 @@ kube-proxy DaemonSet starts; anything else is an error (exit status 2).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -19,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from waolb import __version__, logs
-from waolb.config import (
+from waolb.config.file import load_config_file
+from waolb.config.settings import (
     FLAGS_APPLIED_WITH_CONFIG_FILE,
     HEALTHZ_PORT,
     METRICS_PORT,
@@ -27,15 +27,24 @@ from waolb.config import (
     ConfigError,
     ProxyConfig,
     apply_flags,
+    resolve_settings,
+)
+from waolb.config.values import (
+    KUBE_API_BURST,
+    KUBE_API_QPS,
+    MIN_SYNC_PERIOD,
+    SYNC_PERIOD,
+    VERBOSITY,
+    duration_within,
+    integer_flag,
     normalize_bind_address,
+    number_flag,
     parse_bind_ip,
     parse_cidrs,
-    parse_duration,
     parse_go_bool,
     parse_hostname,
     parse_node_port_addresses,
     parse_proxy_mode,
-    resolve_settings,
 )
 
 log = logs.get_logger(__name__)
@@ -88,40 +97,6 @@ def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return convert
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f'"{text}" is not an integer') from None
-    if value < 0:
-        raise ValueError(f"{value} must not be negative")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f'"{text}" is not a number') from None
-    if value < 0 or math.isnan(value):
-        raise ValueError(f'"{text}" must not be negative')
-    return value
-
-
-def _period(text: str) -> float:
-    value = parse_duration(text)
-    if value <= 0:
-        raise ValueError(f'"{text}" must be greater than 0')
-    return value
-
-
-def _min_period(text: str) -> float:
-    value = parse_duration(text)
-    if value < 0:
-        raise ValueError(f'"{text}" must not be negative')
-    return value
-
-
 def _bind_address(default_port: int) -> Callable[[str], str]:
     # An empty address turns the server off, as with kube-proxy's flags.
     return lambda text: normalize_bind_address(text, default_port) if text else ""
@@ -154,81 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument("--version", action="version", version=f"waolb {__version__}")
-
-    def value_flag(
-        name: str, parse: Callable[[str], Any], help: str, dest: str, **extra: Any
-    ) -> None:
-        parser.add_argument(
-            f"--{name}",
-            dest=dest,
-            type=_argument_type(parse),
-            metavar="VALUE",
-            help=help,
-            **extra,
-        )
-
-    def bool_flag(name: str, help: str, dest: str) -> None:
-        # pflag booleans: "--flag" alone means true; "--flag=false" sets false.
-        parser.add_argument(
-            f"--{name}",
-            dest=dest,
-            nargs="?",
-            const=True,
-            type=_argument_type(parse_go_bool),
-            metavar="BOOL",
-            help=help,
-        )
-
-    value_flag("config", str, "path to a KubeProxyConfiguration file", "config_file")
-    bool_flag("cleanup", "delete waolb's nftables tables and exit", "cleanup")
-    value_flag("kubeconfig", str, "path to a kubeconfig file", "kubeconfig")
-    value_flag("master", str, "API server URL (overrides the kubeconfig's)", "master")
-    value_flag("hostname-override", parse_hostname, "this node's name", "hostname_override")
-    parser.add_argument(
-        "-v",
-        "--v",
-        dest="verbosity",
-        type=_argument_type(_non_negative_int),
-        metavar="LEVEL",
-        help="log verbosity: 0-1 info, 2 and more debug",
-    )
-    value_flag("log-format", _log_format, "log format: console or json", "log_format")
-    value_flag(
-        "logging-format", _logging_format, "kube-proxy's log format: text or json", "log_format"
-    )
-    value_flag("bind-address", parse_bind_ip, "this node's primary IP", "bind_address")
-    value_flag("cluster-cidr", parse_cidrs, "the pods' CIDR(s), comma-separated", "cluster_cidrs")
-    value_flag("proxy-mode", parse_proxy_mode, "accepted; waolb always uses nftables", "mode")
-    value_flag(
-        "healthz-bind-address",
-        _bind_address(HEALTHZ_PORT),
-        "ip:port of the health server (empty: off)",
-        "healthz_bind_address",
-    )
-    value_flag(
-        "metrics-bind-address",
-        _bind_address(METRICS_PORT),
-        "ip:port of the metrics server (empty: off)",
-        "metrics_bind_address",
-    )
-    value_flag(
-        "nodeport-addresses",
-        _node_port_addresses,
-        "CIDRs or 'primary' for NodePorts (comma-separated, repeatable)",
-        "node_port_addresses",
-        action="extend",
-    )
-    bool_flag("masquerade-all", "SNAT all traffic sent to cluster IPs", "masquerade_all")
-    value_flag("kube-api-qps", _non_negative_float, "API requests per second", "qps")
-    value_flag("kube-api-burst", _non_negative_int, "API request burst", "burst")
-    for family in ("iptables", "ipvs"):
-        value_flag(f"{family}-sync-period", _period, "full resync period", f"{family}_sync_period")
-        value_flag(
-            f"{family}-min-sync-period",
-            _min_period,
-            "minimum time between syncs",
-            f"{family}_min_sync_period",
-        )
+    _add_process_flags(parser)
+    _add_proxy_flags(parser)
 
     wao = parser.add_argument_group(
         "waolb's own settings (override the config file's waolb section, even with --config)"
@@ -252,6 +154,122 @@ def build_parser() -> argparse.ArgumentParser:
                 f"--{name}", dest=dest, nargs="?", const="true", metavar="BOOL", help="ignored"
             )
     return parser
+
+
+def _value_flag(
+    parser: argparse.ArgumentParser,
+    name: str,
+    parse: Callable[[str], Any],
+    help: str,
+    dest: str,
+    **extra: Any,
+) -> None:
+    parser.add_argument(
+        f"--{name}", dest=dest, type=_argument_type(parse), metavar="VALUE", help=help, **extra
+    )
+
+
+def _bool_flag(parser: argparse.ArgumentParser, name: str, help: str, dest: str) -> None:
+    # pflag booleans: "--flag" alone means true; "--flag=false" sets false.
+    parser.add_argument(
+        f"--{name}",
+        dest=dest,
+        nargs="?",
+        const=True,
+        type=_argument_type(parse_go_bool),
+        metavar="BOOL",
+        help=help,
+    )
+
+
+def _add_process_flags(parser: argparse.ArgumentParser) -> None:
+    """kube-proxy's flags for the process: configuration, API server, node name, logging."""
+    _value_flag(parser, "config", str, "path to a KubeProxyConfiguration file", "config_file")
+    _bool_flag(parser, "cleanup", "delete waolb's nftables tables and exit", "cleanup")
+    _value_flag(parser, "kubeconfig", str, "path to a kubeconfig file", "kubeconfig")
+    _value_flag(parser, "master", str, "API server URL (overrides the kubeconfig's)", "master")
+    _value_flag(
+        parser, "hostname-override", parse_hostname, "this node's name", "hostname_override"
+    )
+    parser.add_argument(
+        "-v",
+        "--v",
+        dest="verbosity",
+        type=_argument_type(integer_flag(VERBOSITY)),
+        metavar="LEVEL",
+        help="log verbosity: 0-1 info, 2 and more debug",
+    )
+    _value_flag(parser, "log-format", _log_format, "log format: console or json", "log_format")
+    _value_flag(
+        parser,
+        "logging-format",
+        _logging_format,
+        "kube-proxy's log format: text or json",
+        "log_format",
+    )
+
+
+def _add_proxy_flags(parser: argparse.ArgumentParser) -> None:
+    """kube-proxy's flags for the proxying that waolb honours."""
+    _value_flag(parser, "bind-address", parse_bind_ip, "this node's primary IP", "bind_address")
+    _value_flag(
+        parser, "cluster-cidr", parse_cidrs, "the pods' CIDR(s), comma-separated", "cluster_cidrs"
+    )
+    _value_flag(
+        parser, "proxy-mode", parse_proxy_mode, "accepted; waolb always uses nftables", "mode"
+    )
+    _value_flag(
+        parser,
+        "healthz-bind-address",
+        _bind_address(HEALTHZ_PORT),
+        "ip:port of the health server (empty: off)",
+        "healthz_bind_address",
+    )
+    _value_flag(
+        parser,
+        "metrics-bind-address",
+        _bind_address(METRICS_PORT),
+        "ip:port of the metrics server (empty: off)",
+        "metrics_bind_address",
+    )
+    _value_flag(
+        parser,
+        "nodeport-addresses",
+        _node_port_addresses,
+        "CIDRs or 'primary' for NodePorts (comma-separated, repeatable)",
+        "node_port_addresses",
+        action="extend",
+    )
+    _bool_flag(parser, "masquerade-all", "SNAT all traffic sent to cluster IPs", "masquerade_all")
+    _value_flag(
+        parser,
+        "kube-api-qps",
+        number_flag(KUBE_API_QPS),
+        "API requests per second, shared by every request of the process (0: 5)",
+        "qps",
+    )
+    _value_flag(
+        parser,
+        "kube-api-burst",
+        integer_flag(KUBE_API_BURST),
+        "API requests allowed at once above the rate (0: 10)",
+        "burst",
+    )
+    for family in ("iptables", "ipvs"):
+        _value_flag(
+            parser,
+            f"{family}-sync-period",
+            duration_within(SYNC_PERIOD),
+            "full resync period (at most 24h)",
+            f"{family}_sync_period",
+        )
+        _value_flag(
+            parser,
+            f"{family}-min-sync-period",
+            duration_within(MIN_SYNC_PERIOD),
+            "minimum time between syncs (at most the sync period)",
+            f"{family}_min_sync_period",
+        )
 
 
 def normalize_flag_names(argv: Sequence[str]) -> list[str]:
@@ -344,7 +362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flags=sorted(command_line.flag_names[dest] for dest in overridden),
             )
     try:
-        config = apply_flags(command_line.flags, command_line.config_file, command_line.waolb_flags)
+        file_config = (
+            load_config_file(command_line.config_file)
+            if command_line.config_file is not None
+            else None
+        )
+        config = apply_flags(command_line.flags, file_config, command_line.waolb_flags)
         logs.configure_logging(config.verbosity, config.log_format)
         if config.mode and config.mode != "nftables":
             log.warning("proxy mode is always nftables in waolb", configured_mode=config.mode)

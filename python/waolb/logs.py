@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal, TextIO
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Final, Literal, TextIO
 
 import orjson
 import structlog
@@ -18,6 +21,8 @@ DEBUG_VERBOSITY = 2
 # Libraries log every HTTP request at debug; only very verbose runs want that.
 LIBRARY_DEBUG_VERBOSITY = 6
 _LIBRARY_LOGGERS = ("kubernetes", "urllib3")
+# Enough for every malformed object of a large cluster; the least recent go first beyond it.
+DEFAULT_ONCE_CAPACITY: Final = 4096
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
@@ -82,3 +87,40 @@ def configure_logging(
     library_level = logging.DEBUG if verbosity >= LIBRARY_DEBUG_VERBOSITY else logging.WARNING
     for name in _LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(library_level)
+
+
+class OncePerState:
+    """Decides when a recurring problem is worth a log line: once per key and state.
+
+    A key is what the problem is about (an object, a service port), a state what makes it new
+    (the object's resourceVersion, the bad value): ``first(key, state)`` is True only when the
+    key's state differs from the one last seen. Memory is bounded whatever the input: at most
+    ``capacity`` keys are remembered, the least recently seen forgotten first, and a forgotten
+    key is simply logged again. Thread-safe.
+    """
+
+    def __init__(self, capacity: int = DEFAULT_ONCE_CAPACITY) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        self._capacity = capacity
+        self._seen: OrderedDict[Hashable, Hashable] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def first(self, key: Hashable, state: Hashable = None) -> bool:
+        """Whether ``key`` in ``state`` is new (log it); remembers it either way."""
+        with self._lock:
+            new = key not in self._seen or self._seen[key] != state
+            self._seen[key] = state
+            self._seen.move_to_end(key)
+            if len(self._seen) > self._capacity:
+                self._seen.popitem(last=False)
+            return new
+
+    def forget(self, key: Hashable) -> None:
+        """The problem is gone: log it again if it comes back, even in the same state."""
+        with self._lock:
+            self._seen.pop(key, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._seen)

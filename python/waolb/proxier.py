@@ -16,20 +16,15 @@ from types import FrameType
 from typing import Any, Final
 
 import orjson
-from kubernetes.client import ApiClient
 
 from waolb import logs
 from waolb.config import ProxySettings
 from waolb.dataplane import NftablesDataplane
 from waolb.health import ProxierHealth
-from waolb.kube import (
-    ENDPOINT_SLICES,
-    NODES,
-    SERVICES,
-    KubeConfigError,
-    Reflector,
-    build_api_client,
-)
+from waolb.kube.client import KubeConfigError, TokenBucket, build_api_client
+from waolb.kube.reflector import Reflector
+from waolb.kube.resources import ENDPOINT_SLICES, NODE_CONFIGS, NODES, SERVICES
+from waolb.kube.rest import RestClient
 from waolb.metrics import WEIGHTS_PATH, HttpEndpoint, ProxyMetrics, Route, metrics_routes
 from waolb.policy import WeightProvider
 from waolb.policy.equal import EqualWeights
@@ -37,7 +32,7 @@ from waolb.policy.select import PolicySelector
 from waolb.policy.wao import WaoWeights
 from waolb.state import ClusterState
 from waolb.sync import SyncLoop
-from waolb.wao.inventory import NODE_CONFIGS, WaoInventory
+from waolb.wao.inventory import WaoInventory
 from waolb.wao.metrics_api import ClusterMetrics
 from waolb.wao.predictor import PowerPredictors
 from waolb.wao.scorer import NodePowerScorer
@@ -155,7 +150,9 @@ class Proxier:
         )
         dataplane = NftablesDataplane.open(settings.table_name, config.masquerade_bit)
         api_client = build_api_client(config.kubeconfig or None, config.master or None)
-        self.weights = self._weight_providers(api_client)
+        # One rate limit for every API request of the process, as client-go's.
+        rest = RestClient(api_client, TokenBucket(config.qps, config.burst))
+        self.weights = self._weight_providers(rest)
         state = ClusterState(settings.node_name)
         self._loop = SyncLoop(
             dataplane,
@@ -186,7 +183,7 @@ class Proxier:
         ]
         for resource, label_selector, field_selector in watches:
             reflector = Reflector(
-                api_client,
+                rest,
                 resource,
                 router,
                 label_selector=label_selector,
@@ -196,18 +193,18 @@ class Proxier:
             reflector.start()
             self._reflectors.append(reflector)
 
-    def _weight_providers(self, api_client: ApiClient) -> PolicySelector:
+    def _weight_providers(self, rest: RestClient) -> PolicySelector:
         """Equal and WAO weights, chosen per Service by annotation or the default policy."""
         wao = self.settings.config.waolb
         scorer = NodePowerScorer(
             self.inventory,
-            ClusterMetrics(api_client, wao.request_timeout),
+            ClusterMetrics(rest, wao.request_timeout),
             PowerPredictors(
                 timeout=wao.request_timeout,
                 verify_tls=wao.verify_tls,
                 max_connections=wao.parallelism,
             ),
-            SecretReader(api_client, wao.metrics_cache_ttl),
+            SecretReader(rest, wao.metrics_cache_ttl),
             wao,
             on_error=lambda kind: self.metrics.scoring_errors.labels(kind).inc(),
         )

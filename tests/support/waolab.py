@@ -17,6 +17,7 @@ from kubernetes.client import ApiClient, Configuration
 
 from kubeapi import NODE_CONFIGS, NODE_METRICS, NODES, KubeApiServer, objects
 from waolb.config import WaolbSettings
+from waolb.kube.rest import RestClient
 from waolb.metrics import ProxyMetrics
 from waolb.policy.wao import WaoWeights
 from waolb.state import EndpointInfo, ServicePortInfo, ServicePortKey
@@ -113,9 +114,9 @@ def wao_weights(
     extra: dict[str, Any] = {} if clock is None else {"clock": clock}
     scorer = NodePowerScorer(
         inventory,
-        ClusterMetrics(client, settings.request_timeout),
+        ClusterMetrics(RestClient(client), settings.request_timeout),
         PowerPredictors(timeout=settings.request_timeout, verify_tls=settings.verify_tls),
-        SecretReader(client, settings.metrics_cache_ttl),
+        SecretReader(RestClient(client), settings.metrics_cache_ttl),
         settings,
         on_error=lambda kind: metrics.scoring_errors.labels(kind).inc(),
         **extra,

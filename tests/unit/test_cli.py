@@ -144,6 +144,35 @@ def test_kube_proxy_flags_without_effect_are_accepted_and_reported() -> None:
         (["--wao-parallelism=0"], "argument --wao-parallelism: 0 is not a whole number"),
         (["--wao-cpu-per-request=x"], 'argument --wao-cpu-per-request: "x" is not a CPU'),
         (["--wao-default-policy=fast"], "argument --wao-default-policy: 'fast' is not one of"),
+        # Absurd values are refused at start, naming the limit, not hours later by a timer.
+        (
+            ["--iptables-sync-period=99999999999h"],
+            'argument --iptables-sync-period: invalid duration "99999999999h": longer than',
+        ),
+        (
+            ["--iptables-sync-period=100000h"],
+            'argument --iptables-sync-period: "100000h" is too large: at most 24h is sane',
+        ),
+        (
+            ["--ipvs-min-sync-period=25h"],
+            'argument --ipvs-min-sync-period: "25h" is too large: at most 24h',
+        ),
+        (
+            ["--iptables-sync-period=1m", "--iptables-min-sync-period=2m"],
+            "the minimum sync period (2m) exceeds the sync period (1m)",
+        ),
+        (["--kube-api-qps=inf"], 'argument --kube-api-qps: "inf" is too large: at most 100000'),
+        (["--kube-api-qps=nan"], 'argument --kube-api-qps: "nan" is not a number'),
+        (["--kube-api-burst=1000000"], "argument --kube-api-burst: 1000000 is too large"),
+        (["--v=99999999999"], "argument -v/--v: 99999999999 is too large"),
+        (
+            ["--wao-request-timeout=1h"],
+            'argument --wao-request-timeout: "1h" is too large: at most 5m',
+        ),
+        (["--wao-scoring-interval=48h"], 'argument --wao-scoring-interval: "48h" is too large'),
+        (["--wao-metrics-cache-ttl=0s"], 'argument --wao-metrics-cache-ttl: "0s" must be greater'),
+        (["--wao-cpu-per-request=5000"], 'argument --wao-cpu-per-request: "5000" is too large'),
+        (["--wao-parallelism=99999999999999"], "argument --wao-parallelism: 99999999999999 is not"),
     ],
 )
 def test_bad_flags_exit_2_naming_the_flag(

@@ -27,6 +27,7 @@ from waolb.config import (
 )
 
 HEADER = {"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration"}
+HEADER_TEXT = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
 
 # A kubeadm-style file with every field waolb reads set away from its default.
 FULL_FILE = """\
@@ -274,8 +275,14 @@ def test_wrong_types_are_rejected_naming_the_field(fields: dict[str, Any], messa
         ({"mode": "userspace"}, r'mode: unknown proxy mode "userspace"'),
         ({"nftables": {"masqueradeBit": 32}}, r"nftables\.masqueradeBit: 32 is not within"),
         ({"nftables": {"masqueradeBit": -1}}, r"nftables\.masqueradeBit: -1 is not within"),
-        ({"mode": "nftables", "nftables": {"syncPeriod": "-5s"}}, r"nftables\.syncPeriod: must be"),
-        ({"iptables": {"minSyncPeriod": "-1s"}}, r"iptables\.minSyncPeriod: must not be negative"),
+        (
+            {"mode": "nftables", "nftables": {"syncPeriod": "-5s"}},
+            r'nftables\.syncPeriod: "-5s" must be greater than 0',
+        ),
+        (
+            {"iptables": {"minSyncPeriod": "-1s"}},
+            r'iptables\.minSyncPeriod: "-1s" must not be negative',
+        ),
         ({"healthzBindAddress": "nonsense"}, r"healthzBindAddress: .*not an IP:port"),
         ({"metricsBindAddress": "host:80"}, r"metricsBindAddress: .*valid IP address"),
         ({"bindAddress": "node-a"}, r"bindAddress: .*not an IP address"),
@@ -286,6 +293,27 @@ def test_wrong_types_are_rejected_naming_the_field(fields: dict[str, Any], messa
         ({"clientConnection": {"burst": -1}}, r"clientConnection\.burst: -1 must not be negative"),
         ({"logging": {"format": "xml"}}, r'logging\.format: unknown logging format "xml"'),
         ({"logging": {"verbosity": -2}}, r"logging\.verbosity: -2 must not be negative"),
+        # Absurd values are refused at start, naming the limit.
+        (
+            {"iptables": {"syncPeriod": "99999999999h"}},
+            r'iptables\.syncPeriod: invalid duration "99999999999h": longer than',
+        ),
+        (
+            {"iptables": {"syncPeriod": "48h"}},
+            r'iptables\.syncPeriod: "48h" is too large: at most 24h is sane',
+        ),
+        (
+            {"iptables": {"syncPeriod": "10s", "minSyncPeriod": "1m"}},
+            r"the minimum sync period \(1m\) exceeds the sync period \(10s\)",
+        ),
+        ({"clientConnection": {"qps": 1e300}}, r"clientConnection\.qps: 1e\+300 is too large"),
+        (
+            {"clientConnection": {"qps": float("inf")}},
+            r"clientConnection\.qps: inf is not a finite",
+        ),
+        ({"clientConnection": {"qps": 10**5000}}, r"clientConnection\.qps: <a int too large"),
+        ({"clientConnection": {"burst": 10**6}}, r"clientConnection\.burst: 1000000 is too large"),
+        ({"logging": {"verbosity": 2**31}}, r"logging\.verbosity: 2147483648 does not fit"),
     ],
 )
 def test_invalid_values_are_rejected_naming_the_field(fields: dict[str, Any], message: str) -> None:
@@ -300,6 +328,9 @@ def test_unreadable_and_invalid_files_name_the_problem(tmp_path: Path) -> None:
         load_config_file(write(tmp_path, "mode: [nftables\n"))
     with pytest.raises(ConfigError, match=r"does not hold a KubeProxyConfiguration"):
         load_config_file(write(tmp_path, "- just\n- a list\n"))
+    # Python refuses to convert integers of more than 4300 digits: once a ValueError traceback.
+    with pytest.raises(ConfigError, match=r"--config: .* is not valid YAML: .*digits"):
+        load_config_file(write(tmp_path, f"{HEADER_TEXT}clientConnection:\n  qps: {'9' * 5000}\n"))
 
 
 # ---- precedence ---------------------------------------------------------------------------
@@ -335,6 +366,13 @@ def test_sync_period_flags_apply_by_mode_as_in_kube_proxy(
     assert (config.sync_period, config.min_sync_period) == expected
 
 
+def test_a_zero_rate_or_burst_means_client_gos_default() -> None:
+    config = apply_flags({"qps": 0.0, "burst": 0}, None)
+    assert (config.qps, config.burst) == (5.0, 10)
+    config = config_from_document(document(clientConnection={"qps": 0, "burst": 0}))
+    assert (config.qps, config.burst) == (5.0, 10)
+
+
 def test_a_zero_min_sync_period_flag_is_kept() -> None:
     assert apply_flags({"iptables_min_sync_period": 0.0}, None).min_sync_period == 0.0
 
@@ -358,7 +396,7 @@ def test_with_a_file_only_logging_master_and_hostname_flags_apply(tmp_path: Path
         "masquerade_all": False,
         "iptables_sync_period": 1.0,
     }
-    config = apply_flags(flags, path)
+    config = apply_flags(flags, load_config_file(path))
     assert (config.verbosity, config.log_format) == (5, "console")
     assert config.master == "https://10.0.0.1:6443"
     assert config.hostname_override == "node-b"
@@ -371,7 +409,7 @@ def test_with_a_file_only_logging_master_and_hostname_flags_apply(tmp_path: Path
 def test_an_invalid_file_fails_whatever_the_flags(tmp_path: Path) -> None:
     path = write(tmp_path, "apiVersion: v1\nkind: KubeProxyConfiguration\n")
     with pytest.raises(ConfigError, match="apiVersion"):
-        apply_flags({"verbosity": 1}, path)
+        apply_flags({"verbosity": 1}, load_config_file(path))
 
 
 # ---- the environment: default or non-default proxy ----------------------------------------
@@ -476,6 +514,10 @@ def test_wao_defaults_are_upstreams_constants() -> None:
         ({"minWeightChange": 1.5}, "waolb.minWeightChange: 1.5 is not a number from 0 to 1"),
         ({"verifyTLS": "maybe"}, 'waolb.verifyTLS: "maybe" is not a boolean'),
         ({"tableName": "bad name"}, "waolb.tableName: 'bad name' is not a table name"),
+        ({"metricsCacheTTL": "25h"}, 'waolb.metricsCacheTTL: "25h" is too large: at most 24h'),
+        ({"requestTimeout": "6m"}, 'waolb.requestTimeout: "6m" is too large: at most 5m'),
+        ({"cpuPerRequest": 10**5000}, "waolb.cpuPerRequest: <a int too large to show> is not a"),
+        ({"cpuPerRequest": 2048}, "waolb.cpuPerRequest: 2048 is too large: at most 1024 is sane"),
     ],
 )
 def test_bad_wao_settings_name_the_field(section: dict[str, Any], message: str) -> None:
@@ -494,6 +536,6 @@ def test_wao_flags_override_the_file_even_with_config(tmp_path: Path) -> None:
         "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
         "waolb:\n  scoringInterval: 20s\n  parallelism: 4\n"
     )
-    config = apply_flags({}, str(path), {"parallelism": 16})
+    config = apply_flags({}, load_config_file(str(path)), {"parallelism": 16})
     assert (config.waolb.scoring_interval, config.waolb.parallelism) == (20.0, 16)
     assert apply_flags({}, None, {"default_policy": "equal"}).waolb.default_policy == "equal"

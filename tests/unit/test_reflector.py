@@ -21,16 +21,10 @@ from kubeapi import SERVICES as SERVICE_TYPE
 from kubeapi import KubeApiServer
 from kubeapi.objects import endpoint_slice, node, service
 from netns import HUNG_AFTER
-from waolb.kube import (
-    ENDPOINT_SLICES,
-    NODES,
-    SERVICES,
-    KubeConfigError,
-    Reflector,
-    Resource,
-    build_api_client,
-    load_configuration,
-)
+from waolb.kube.client import KubeConfigError, build_api_client, load_configuration
+from waolb.kube.reflector import Reflector
+from waolb.kube.resources import ENDPOINT_SLICES, NODES, SERVICES, Resource
+from waolb.kube.rest import RestClient
 from waolb.runner import Backoff
 
 PROXY_NAME = "service.kubernetes.io/service-proxy-name"
@@ -130,7 +124,7 @@ def start_reflector(api_client: ApiClient) -> Iterator[StartReflector]:
     ) -> tuple[Reflector, RecordingHandler]:
         handler = handler or RecordingHandler()
         options.setdefault("backoff", FAST_BACKOFF)
-        reflector = Reflector(api_client, resource, handler, **options)
+        reflector = Reflector(RestClient(api_client), resource, handler, **options)
         started.append(reflector)
         reflector.start()
         assert reflector.wait_for_sync(5.0)
@@ -499,7 +493,7 @@ def test_kubeconfig_reaches_the_server(kube_api: KubeApiServer, tmp_path: Path) 
     kubeconfig = write_kubeconfig(tmp_path / "config", kube_api.url)
     client = build_api_client(kubeconfig)
     handler = RecordingHandler()
-    reflector = Reflector(client, SERVICES, handler)
+    reflector = Reflector(RestClient(client), SERVICES, handler)
     reflector.start()
     try:
         assert reflector.wait_for_sync(5.0)
@@ -530,6 +524,7 @@ def test_master_alone_needs_no_kubeconfig(kube_api: KubeApiServer) -> None:
         (None, "does not exist"),
         ("directory", "cannot read kubeconfig"),
         ("clusters: [unclosed", "is not valid YAML"),
+        (f"port: {'9' * 5000}", "is not valid YAML"),
         ("just a string", "is not a kubeconfig"),
         ("clusters: []\ncontexts: []\nusers: []\ncurrent-context: missing", "is invalid"),
         ("serverless", "has no server"),
@@ -558,7 +553,7 @@ def test_a_kubeconfig_pointing_at_no_server_leaves_the_reflector_unsynced(
     client = build_api_client(write_kubeconfig(tmp_path / "config", f"http://127.0.0.1:{port}"))
     restarts = Restarts()
     reflector = Reflector(
-        client, SERVICES, RecordingHandler(), backoff=FAST_BACKOFF, on_restart=restarts
+        RestClient(client), SERVICES, RecordingHandler(), backoff=FAST_BACKOFF, on_restart=restarts
     )
     reflector.start()
     try:

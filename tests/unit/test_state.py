@@ -338,6 +338,11 @@ BAD_SERVICES: dict[str, Callable[[dict[str, Any]], None]] = {
     ),
     "bad traffic policy": lambda s: s["spec"].update(internalTrafficPolicy="Nearby"),
     "bad ip family": lambda s: s["spec"].update(ipFamilies=["IPv5"]),
+    # Unhashable values where a name is expected: once a TypeError past the handler.
+    "nested ip families": lambda s: s["spec"].update(ipFamilies=[["IPv4"]]),
+    "ip family a map": lambda s: s["spec"].update(ipFamilies=[{"IPv4": True}]),
+    "type a list": lambda s: s["spec"].update(type=["ClusterIP"]),
+    "protocol a map": lambda s: s["spec"]["ports"][0].update(protocol={"TCP": 1}),
     "labels not a map": lambda s: s["metadata"].update(labels=["a"]),
     "empty name": lambda s: s["metadata"].update(name=""),
 }
@@ -365,6 +370,10 @@ def test_a_malformed_service_is_skipped_and_logged_once(
 BAD_SLICES: dict[str, Callable[[dict[str, Any]], None]] = {
     "no service label": lambda s: s["metadata"].update(labels={}),
     "bad address type": lambda s: s.update(addressType="IPv5"),
+    # Unhashable values where a name is expected: once a TypeError past the handler.
+    "address type an empty list": lambda s: s.update(addressType=[]),
+    "address type a map": lambda s: s.update(addressType={"IPv4": 1}),
+    "port is false": lambda s: s["ports"][0].update(port=False),
     "bad address": lambda s: s["endpoints"][0].update(addresses=["10.0.0.256"]),
     "wrong family address": lambda s: s["endpoints"][0].update(addresses=["fd00::1"]),
     "no addresses": lambda s: s["endpoints"][0].update(addresses=[]),
@@ -430,6 +439,30 @@ def test_a_fixed_object_is_logged_again_if_it_breaks_again(state: ClusterState) 
         state.upsert_service(service(rv="3"))
         state.upsert_service(bad)
     assert len(logs) == 2
+
+
+def test_an_object_the_parser_fails_on_is_skipped_not_relisted_forever(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A parser gap other than MalformedObjectError costs its object only: logged with the
+    traceback once per version, never raised into the reflector (which would relist in a loop)."""
+
+    def parse(obj: object) -> Any:
+        if obj["metadata"]["name"] == "odd":  # type: ignore[index]
+            raise KeyError("a parser bug")
+        return parse_service(obj)
+
+    monkeypatch.setattr("waolb.state.tracker.parse_service", parse)
+    tracker = ClusterState(NODE)
+    odd = service("odd", rv="4", cluster_ips=("10.96.0.30",))
+    with structlog.testing.capture_logs() as logs:
+        tracker.replace_services([service(), odd])
+        tracker.upsert_service(odd)
+    failures = [e for e in logs if e["event"] == "skipping an object the parser failed on"]
+    assert [(e["name"], e["resource_version"], e["exc_info"]) for e in failures] == [
+        ("odd", "4", True)
+    ]
+    assert list(tracker.all_ports()) == [key()]
 
 
 # ---- change tracking ----------------------------------------------------------------------

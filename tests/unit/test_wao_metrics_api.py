@@ -15,7 +15,8 @@ from structlog.testing import capture_logs
 
 from kubeapi import NODE_METRICS, ApiError, KubeApiServer
 from kubeapi.objects import node, node_metrics
-from waolb.kube import build_api_client
+from waolb.kube.client import build_api_client
+from waolb.kube.rest import RestClient
 from waolb.wao.metrics_api import (
     CUSTOM_METRICS_PATH,
     NODE_METRICS_PATH,
@@ -28,7 +29,7 @@ WILDCARD_INLET_TEMP = f"{CUSTOM_METRICS_PATH}/nodes/*/inlet_temp"
 
 @pytest.fixture
 def metrics(kube_client: ApiClient) -> ClusterMetrics:
-    return ClusterMetrics(kube_client, timeout=5.0)
+    return ClusterMetrics(RestClient(kube_client), timeout=5.0)
 
 
 @pytest.fixture
@@ -69,7 +70,7 @@ def test_requests_carry_the_clients_credentials(
     kube_api.register_wao()
     kube_client.configuration.api_key = {"authorization": "Bearer t0ken"}
     kube_client.user_agent = "waolb/test"
-    metrics = ClusterMetrics(kube_client, timeout=5.0)
+    metrics = ClusterMetrics(RestClient(kube_client), timeout=5.0)
     metrics.node_cpu_usage()
     metrics.node_metric("inlet_temp")
     for request in kube_api.requests():
@@ -132,7 +133,7 @@ def test_failed_answers(
     kube_api: KubeApiServer, production_client: ApiClient, code: int, kind: str
 ) -> None:
     kube_api.register(NODE_METRICS)
-    metrics = ClusterMetrics(production_client, timeout=5.0)
+    metrics = ClusterMetrics(RestClient(production_client), timeout=5.0)
     with kube_api.failing(code, count=1), pytest.raises(MetricsApiError) as failed:
         metrics.node_cpu_usage()
     assert error_of(failed) == (kind, code)
@@ -159,7 +160,7 @@ def test_refused_connection(kube_api: KubeApiServer, metrics: ClusterMetrics) ->
 
 def test_a_slow_server_times_out(kube_api: KubeApiServer, production_client: ApiClient) -> None:
     kube_api.register_wao()
-    metrics = ClusterMetrics(production_client, timeout=0.3)
+    metrics = ClusterMetrics(RestClient(production_client), timeout=0.3)
     for call in (metrics.node_cpu_usage, lambda: metrics.node_metric("inlet_temp")):
         with kube_api.slow(5.0, count=1):
             started = time.monotonic()
@@ -173,7 +174,7 @@ def test_a_slow_server_times_out(kube_api: KubeApiServer, production_client: Api
 
 def test_timeout_must_be_positive(kube_client: ApiClient) -> None:
     with pytest.raises(ValueError, match="above zero"):
-        ClusterMetrics(kube_client, timeout=0)
+        ClusterMetrics(RestClient(kube_client), timeout=0)
 
 
 # Custom metrics from the custom metrics API.

@@ -1,25 +1,5 @@
-"""Talking to the Kubernetes API: client configuration and list+watch reflectors."""
+"""The Kubernetes API: objects (field checks), resources, the client, REST calls, reflectors.
 
-from waolb.kube.client import KubeConfigError, build_api_client, load_configuration
-from waolb.kube.reflector import (
-    ENDPOINT_SLICES,
-    NODES,
-    SERVICES,
-    Reflector,
-    Resource,
-    RestartCallback,
-    WatchHandler,
-)
-
-__all__ = [
-    "ENDPOINT_SLICES",
-    "NODES",
-    "SERVICES",
-    "KubeConfigError",
-    "Reflector",
-    "Resource",
-    "RestartCallback",
-    "WatchHandler",
-    "build_api_client",
-    "load_configuration",
-]
+Import from the submodules: this package imports none of them, so that reading the command line
+or an object's fields does not load the Kubernetes client.
+"""

@@ -1,4 +1,5 @@
-"""The Kubernetes API client, configured the way kube-proxy picks its API server.
+"""The Kubernetes API client, configured the way kube-proxy picks its API server, and the
+client-side rate limit every API request goes through.
 
 ``--kubeconfig`` names a kubeconfig file; ``--master`` names the API server URL and overrides the
 kubeconfig's server. With neither, the in-cluster service account is used (KUBERNETES_SERVICE_HOST
@@ -7,7 +8,11 @@ and KUBERNETES_SERVICE_PORT plus the mounted token and CA).
 
 from __future__ import annotations
 
+import math
 import os
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -82,7 +87,8 @@ def _load_kubeconfig(
         ) from None
     try:
         document = yaml.safe_load(text)
-    except yaml.YAMLError as error:
+    # ValueError: an integer of more than 4300 digits, which Python refuses to convert.
+    except (yaml.YAMLError, ValueError) as error:
         raise KubeConfigError(f"kubeconfig {path} is not valid YAML: {error}") from None
     if not isinstance(document, dict):
         raise KubeConfigError(
@@ -125,3 +131,63 @@ def _checked_master(master: str) -> str:
             f"--master {master!r} is not an API server URL; use e.g. https://10.0.0.1:6443"
         )
     return master.rstrip("/")
+
+
+def _wait(delay: float, cancel: threading.Event | None) -> bool:
+    """Sleep ``delay`` seconds; True if ``cancel`` was set meanwhile."""
+    if cancel is None:
+        time.sleep(delay)
+        return False
+    return cancel.wait(delay)
+
+
+class TokenBucket:
+    """client-go's request rate limiter (``--kube-api-qps``, ``--kube-api-burst``): ``burst``
+    requests may go at once, then ``qps`` a second; one bucket is shared by every API request
+    of the process, so that scoring's metrics and Secret reads count with the watches.
+
+    Waiting callers are served in the order they asked: each takes a token, which may be one
+    the bucket will only hold later, and waits until then. Thread-safe; the clock and the wait
+    are injected for tests.
+    """
+
+    def __init__(
+        self,
+        qps: float,
+        burst: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wait: Callable[[float, threading.Event | None], bool] = _wait,
+    ) -> None:
+        if not (qps > 0 and math.isfinite(qps)) or burst < 1:
+            raise ValueError(
+                f"need a finite qps above 0 and a burst of 1 or more, got {qps}, {burst}"
+            )
+        self.qps = qps
+        self.burst = burst
+        self._clock = clock
+        self._wait = wait
+        self._lock = threading.Lock()
+        self._tokens = float(burst)
+        self._updated = clock()
+
+    def acquire(self, within: float = math.inf, cancel: threading.Event | None = None) -> bool:
+        """Wait for a token; False, without waiting or taking one, if the wait would exceed
+        ``within`` seconds, or, having waited, if ``cancel`` was set meanwhile."""
+        with self._lock:
+            self._refill()
+            delay = max(0.0, (1.0 - self._tokens) / self.qps)
+            if delay > within:
+                return False
+            self._tokens -= 1.0
+        if delay > 0 and self._wait(delay, cancel):
+            with self._lock:  # cancelled: the token goes back for the next caller
+                self._refill()
+                self._tokens = min(float(self.burst), self._tokens + 1.0)
+            return False
+        return True
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._updated) * self.qps)
+        self._updated = now

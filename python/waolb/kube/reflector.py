@@ -8,29 +8,27 @@ and nothing is listed again; only 410 Gone, a protocol error or a failing handle
 Failures back off exponentially with jitter, so an unreachable API server sees a trickle of
 requests, not a busy loop.
 
-Responses are decoded straight from the raw HTTP body with orjson: the Kubernetes client's model
-objects cost far more than the proxy can afford for tens of thousands of EndpointSlices (see
-bench/test_bench_decode.py). While any reflector decodes and hands over a list, Python's cyclic
-garbage collector is held off (see :class:`_CollectorPause`).
+Requests go through :class:`~waolb.kube.rest.RestClient`: rate-limited, decoded straight from
+the raw HTTP body with orjson, and ended by a deadline (a list within ``list_timeout``, a watch
+within its own timeout plus ``request_timeout``). While any reflector decodes and hands over a
+list, Python's cyclic garbage collector is held off (see :class:`_CollectorPause`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 import structlog
-import urllib3
-from kubernetes.client import ApiClient
-from kubernetes.client.exceptions import ApiException
 
+from waolb import httpclient
+from waolb.kube.resources import Resource
+from waolb.kube.rest import ApiError, RestClient, decode_json, read_body
 from waolb.runner import Backoff
 
 logger = structlog.get_logger(__name__)
@@ -47,30 +45,6 @@ HANDLER_ERROR = "handler_error"  # the handler raised; relisted so it can start 
 
 # A watch open this long is healthy even without events: the next restart needs no backoff.
 _HEALTHY_WATCH_SECONDS = 1.0
-
-
-@dataclass(frozen=True)
-class Resource:
-    """A resource type to list and watch across all namespaces; ``group`` is "" for core."""
-
-    group: str
-    version: str
-    plural: str
-    kind: str
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-    @property
-    def collection_path(self) -> str:
-        prefix = f"/apis/{self.group}" if self.group else "/api"
-        return f"{prefix}/{self.version}/{self.plural}"
-
-
-SERVICES = Resource("", "v1", "services", "Service")
-ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
-NODES = Resource("", "v1", "nodes", "Node")
 
 
 class WatchHandler(Protocol):
@@ -148,13 +122,15 @@ class Reflector(threading.Thread):
 
     ``label_selector`` and ``field_selector`` are applied by the API server. ``watch_timeout``
     is the least timeoutSeconds a watch asks for (each asks for a random value up to twice that,
-    so that watches of many proxies do not restart together). ``request_timeout`` bounds a list
-    and how long a watch may stay silent past its own timeout. Call ``stop`` to end the thread.
+    so that watches of many proxies do not restart together). ``request_timeout`` is how long
+    a watch may last, or stay silent, past its own timeout; ``list_timeout`` the deadline of a
+    list (or of each page): generous, as the first list of a large cluster is tens of megabytes.
+    Call ``stop`` to end the thread.
     """
 
     def __init__(
         self,
-        api_client: ApiClient,
+        rest: RestClient,
         resource: Resource,
         handler: WatchHandler,
         *,
@@ -164,11 +140,11 @@ class Reflector(threading.Thread):
         backoff: Backoff | None = None,
         watch_timeout: float = 300.0,
         request_timeout: float = 60.0,
-        connect_timeout: float = 10.0,
+        list_timeout: float = 300.0,
         page_size: int = 500,
     ) -> None:
         super().__init__(name=f"reflector-{resource.kind}", daemon=True)
-        self.api_client = api_client
+        self.rest = rest
         self.resource = resource
         self.handler = handler
         self.label_selector = label_selector
@@ -177,7 +153,7 @@ class Reflector(threading.Thread):
         self.backoff = backoff or Backoff()
         self.watch_timeout = watch_timeout
         self.request_timeout = request_timeout
-        self.connect_timeout = connect_timeout
+        self.list_timeout = list_timeout
         self.page_size = page_size
         self.synced = threading.Event()
         """Set once the first list has been handed to the handler."""
@@ -185,7 +161,7 @@ class Reflector(threading.Thread):
         self._resource_version: str | None = None
         self._rng = random.Random()
         self._response_lock = threading.Lock()
-        self._open_response: urllib3.BaseHTTPResponse | None = None
+        self._open_response: httpclient.OpenResponse | None = None
         # A routine restart (closed or dropped stream, 410) right after a healthy watch is
         # retried at once; every other one backs off, longer with each in a row.
         self._watch_was_healthy = False
@@ -211,7 +187,7 @@ class Reflector(threading.Thread):
         # already serve another request from the shared pool.
         with self._response_lock:
             if self._open_response is not None:
-                _interrupt(self._open_response)
+                self._open_response.interrupt()
         if self.is_alive() and threading.current_thread() is not self:
             self.join(timeout)
 
@@ -277,11 +253,12 @@ class Reflector(threading.Thread):
             query.append(("resourceVersion", "0") if from_cache else ("limit", str(self.page_size)))
             if continue_token:
                 query.append(("continue", continue_token))
-            with self._get(query, read_timeout=self.request_timeout) as response:
-                body = _read_body(response)
-            page = _decoded(body, "list")
+            page = self._get_json(query)
             try:
-                items.extend(page["items"] or ())
+                page_items = page["items"] or []
+                if type(page_items) is not list:
+                    raise TypeError(f"items is a {type(page_items).__name__}")
+                items.extend(page_items)
                 metadata = page["metadata"]
                 continue_token = metadata.get("continue")
                 resource_version = str(metadata["resourceVersion"])
@@ -290,9 +267,11 @@ class Reflector(threading.Thread):
             if not continue_token:
                 break
         # Built-in types omit apiVersion and kind on list items; give handlers uniform objects.
+        # (An item that is no object at all is the handler's to skip and report.)
         for item in items:
-            item.setdefault("apiVersion", self.resource.api_version)
-            item.setdefault("kind", self.resource.kind)
+            if type(item) is dict:
+                item.setdefault("apiVersion", self.resource.api_version)
+                item.setdefault("kind", self.resource.kind)
         self._call_handler(self.handler.replace, self.resource.kind, items, resource_version)
         self._resource_version = resource_version
         if not self.synced.is_set():
@@ -314,13 +293,14 @@ class Reflector(threading.Thread):
             ("allowWatchBookmarks", "true"),
             ("timeoutSeconds", str(max(timeout_seconds, 1))),
         ]
-        read_timeout = timeout_seconds + self.request_timeout
-        with self._get(query, read_timeout=read_timeout) as response:
+        # Silent that long, or open that long, the watch has outlived its own timeout.
+        limit = timeout_seconds + self.request_timeout
+        with self._open(query, limit, silence=limit) as response:
             opened = time.monotonic()
             try:
                 for line in _lines(response):
                     self._apply(_decoded(line, "watch event"))
-            except (urllib3.exceptions.HTTPError, OSError) as error:
+            except httpclient.HttpError as error:
                 self._note_watch_lifetime(opened)
                 raise _Restart(DROPPED, f"watch stream broke: {error!r}") from None
         self._note_watch_lifetime(opened)
@@ -370,74 +350,61 @@ class Reflector(threading.Thread):
             query.append(("fieldSelector", self.field_selector))
         return query
 
-    def _get(self, query: list[tuple[str, str]], read_timeout: float) -> _OpenResponse:
-        """GET the collection; a non-200 answer or a transport failure raises _Restart."""
-        method, url, headers, _, _ = self.api_client.param_serialize(
-            method="GET",
-            resource_path=self.resource.collection_path,
-            query_params=query,
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-        )
+    def _get_json(self, query: list[tuple[str, str]]) -> JsonObject:
+        """A page of the collection; any failure raises _Restart. stop() interrupts it."""
+        path = self.resource.collection_path
         try:
-            response: urllib3.BaseHTTPResponse = self.api_client.call_api(
-                method,
-                url,
-                header_params=headers,
-                _request_timeout=(self.connect_timeout, read_timeout),
-            ).response
-            if response.status != 200:
-                _raise_for_status(response)
-        except (urllib3.exceptions.HTTPError, OSError, ApiException) as error:
-            raise _Restart(ERROR, f"request failed: {error!r}") from None
-        return _OpenResponse(self, response)
+            with self._open(query, self.list_timeout, silence=None) as response:
+                page = decode_json(path, read_body(path, response))
+        except ApiError as error:
+            raise _restart_for(error) from None
+        if not isinstance(page, dict):
+            raise _Restart(ERROR, "the list is not a JSON object", relist=True)
+        return page
 
-    def _track(self, response: urllib3.BaseHTTPResponse | None) -> None:
+    def _open(
+        self, query: list[tuple[str, str]], limit: float, silence: float | None
+    ) -> _TrackedResponse:
+        try:
+            response = self.rest.open(
+                self.resource.collection_path,
+                query,
+                timeout=limit,
+                read_timeout=silence,
+                cancel=self._stopping,
+            )
+        except ApiError as error:
+            raise _restart_for(error) from None
+        return _TrackedResponse(self, response)
+
+    def _track(self, response: httpclient.OpenResponse | None) -> None:
         with self._response_lock:
             self._open_response = response
             # stop() may have run between the request and now: it could not interrupt us then.
             if response is not None and self._stopping.is_set():
-                _interrupt(response)
+                response.interrupt()
 
 
-class _OpenResponse:
-    """A response the reflector reads from; stop() can interrupt it while it is open."""
+class _TrackedResponse:
+    """A list or watch the reflector reads from; stop() can interrupt it while it is open."""
 
-    def __init__(self, reflector: Reflector, response: urllib3.BaseHTTPResponse) -> None:
+    def __init__(self, reflector: Reflector, response: httpclient.OpenResponse) -> None:
         self._reflector = reflector
         self._response = response
 
-    def __enter__(self) -> urllib3.BaseHTTPResponse:
+    def __enter__(self) -> httpclient.OpenResponse:
         self._reflector._track(self._response)
         return self._response
 
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+    def __exit__(self, *_: object) -> None:
         self._reflector._track(None)
-        if exc_type is None:
-            self._response.release_conn()  # read to the end: the connection can be reused
-        else:
-            self._response.close()
+        self._response.close()
 
 
-def _read_body(response: urllib3.BaseHTTPResponse) -> bytes:
-    try:
-        return response.data
-    except (urllib3.exceptions.HTTPError, OSError) as error:
-        raise _Restart(ERROR, f"reading the response failed: {error!r}") from None
-
-
-def _raise_for_status(response: urllib3.BaseHTTPResponse) -> None:
-    body = response.data
-    response.release_conn()
-    try:
-        status = orjson.loads(body)
-        reason, message = status.get("reason"), status.get("message")
-    except (orjson.JSONDecodeError, AttributeError):
-        reason, message = None, body[:200].decode(errors="replace")
-    detail = f"HTTP {response.status} {reason}: {message}"
-    if response.status == 410:
-        raise _Restart(GONE, detail, relist=True)
-    raise _Restart(ERROR, detail)
+def _restart_for(error: ApiError) -> _Restart:
+    if error.status == 410:
+        return _Restart(GONE, str(error), relist=True)
+    return _Restart(ERROR, str(error), relist=error.kind == "response")
 
 
 def _decoded(data: bytes, what: str) -> JsonObject:
@@ -450,14 +417,14 @@ def _decoded(data: bytes, what: str) -> JsonObject:
     return decoded
 
 
-def _lines(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+def _lines(response: httpclient.OpenResponse) -> Iterator[bytes]:
     """The non-empty lines of a streamed body, each as soon as its newline arrives.
 
     A large object may arrive in many chunks: only each new chunk is searched for the newline,
     so the cost stays linear in the line's length.
     """
     pending = bytearray()
-    for chunk in response.stream(amt=None):
+    for chunk in response.chunks():
         start = 0
         while (newline := chunk.find(b"\n", start)) != -1:
             pending += chunk[start:newline]
@@ -468,10 +435,3 @@ def _lines(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
         pending += chunk[start:]
     if pending.strip():
         yield bytes(pending)
-
-
-def _interrupt(response: urllib3.BaseHTTPResponse) -> None:
-    # Shutting the socket down wakes up a read blocked in another thread; close() would not.
-    # Errors mean it was already released or closed: nothing is blocked on it then.
-    with contextlib.suppress(ValueError, RuntimeError, OSError):
-        response.shutdown()

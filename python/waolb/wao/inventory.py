@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from waolb import logs
-from waolb.config import parse_cpu_quantity
-from waolb.kube import Resource
-from waolb.state import MalformedObjectError
+from waolb.config.values import parse_cpu_quantity
+from waolb.kube.objects import MalformedObjectError
+from waolb.kube.resources import NODE_CONFIGS
 from waolb.wao.nodeconfig import NodeConfig, parse_node_config
 
 log = logs.get_logger(__name__)
 
-NODE_CONFIGS: Final = Resource("wao.bitmedia.co.jp", "v1beta1", "nodeconfigs", "NodeConfig")
 NODE_KIND: Final = "Node"
 
 

@@ -3,29 +3,26 @@
 CPU usage comes from metrics-server (``metrics.k8s.io/v1beta1`` NodeMetrics), inlet_temp and
 delta_p from wao-metrics-adapter (``custom.metrics.k8s.io/v1beta2``, metrics of root-scoped
 Node objects). Each is one request for all nodes where upstream WAO-LB sends one per node, made
-with the API client's host, credentials and TLS settings; bodies are decoded with orjson, without
-the client's model objects. One malformed item costs only its node: it is left out and named in
-``NodeValues.skipped``.
+through :class:`~waolb.kube.rest.RestClient` (the process's API rate limit, a hard deadline,
+orjson without the client's model objects). One malformed item costs only its node: it is left
+out and named in ``NodeValues.skipped``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal
 from urllib.parse import quote
 
-import orjson
-import urllib3
-
 from waolb import logs
-
-if TYPE_CHECKING:
-    from kubernetes.client import ApiClient
+from waolb.kube.objects import parse_quantity
+from waolb.kube.rest import ApiError, RestClient
 
 log = logs.get_logger(__name__)
 
 NODE_METRICS_PATH: Final = "/apis/metrics.k8s.io/v1beta1/nodes"
+# Far above any real answer (about 1 KiB a node), far below what would strain memory.
+MAX_ANSWER_BYTES: Final = 64 << 20
 CUSTOM_METRICS_PATH: Final = "/apis/custom.metrics.k8s.io/v1beta2"
 # How the kube-apiserver answers a path nothing serves, such as an API group without an
 # APIService: a 404 carrying any other message comes from the group's own server.
@@ -68,13 +65,13 @@ class NodeValues(dict[str, float]):
 
 
 class ClusterMetrics:
-    """Reads node metrics through ``api_client``; every request gives up after ``timeout``
-    seconds (connecting, and then each wait for data)."""
+    """Reads node metrics through ``rest``; every request ends within ``timeout`` seconds,
+    from connecting to the last byte."""
 
-    def __init__(self, api_client: ApiClient, timeout: float) -> None:
+    def __init__(self, rest: RestClient, timeout: float) -> None:
         if not timeout > 0:
             raise ValueError(f"timeout must be above zero, got {timeout}")
-        self._api_client = api_client
+        self._rest = rest
         self._timeout = timeout
 
     def node_cpu_usage(self) -> NodeValues:
@@ -116,82 +113,33 @@ class ClusterMetrics:
 
     def _items(self, path: str) -> list[Any]:
         """The ``items`` of the JSON list at ``path``."""
-        body = self._get(path)
         try:
-            decoded = orjson.loads(body)
-        except orjson.JSONDecodeError as error:
-            raise MetricsApiError("response", f"{path}: undecodable answer: {error}") from None
+            decoded = self._rest.get_json(path, timeout=self._timeout, max_body=MAX_ANSWER_BYTES)
+        except ApiError as error:
+            raise _metrics_error(error) from None
         items = decoded.get("items") if isinstance(decoded, dict) else None
         if not isinstance(items, list):
             raise MetricsApiError("response", f"{path}: the answer is not a list of items")
         return items
-
-    def _get(self, path: str) -> bytes:
-        # Lazy: importing the kubernetes package costs a third of a second, and whoever built
-        # the ApiClient has paid it already.
-        from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
-
-        method, url, headers, _, _ = self._api_client.param_serialize(
-            method="GET",
-            resource_path=path,
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-        )
-        try:
-            response: urllib3.BaseHTTPResponse = self._api_client.call_api(
-                method, url, header_params=headers, _request_timeout=self._timeout
-            ).response
-            try:
-                body = response.data
-            finally:
-                response.release_conn()
-        except ApiException as error:
-            # The client raises it itself only for TLS failures and for answers it retried.
-            if not error.status:
-                raise MetricsApiError("connection", f"{path}: {error.reason}") from None
-            raise _answer_error(path, error.status, error.body or b"") from None
-        except (urllib3.exceptions.HTTPError, OSError) as error:
-            raise _transport_error(path, error) from None
-        if response.status != 200:
-            raise _answer_error(path, response.status, body)
-        return body
 
 
 def _metric_path(node: str, metric: str) -> str:
     return f"{CUSTOM_METRICS_PATH}/nodes/{quote(node, safe='*')}/{quote(metric, safe='')}"
 
 
-def _answer_error(path: str, status: int, body: bytes | str) -> MetricsApiError:
-    reason: str | None = None
-    try:
-        decoded = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        decoded = None
-    if isinstance(decoded, dict) and decoded.get("kind") == "Status":
-        reason = str(decoded.get("reason") or "")
-        message = str(decoded.get("message") or "")
-    else:
-        # The aggregator's proxy errors are plain text ("service unavailable").
-        text = body.decode(errors="replace") if isinstance(body, bytes) else body
-        message = text.strip()[:200]
-    if status == 503 or (status == 404 and (reason is None or message == _NOT_SERVED)):
-        kind: ErrorKind = "unavailable"
+def _metrics_error(error: ApiError) -> MetricsApiError:
+    if error.kind != "status":
+        # A request the rate limit would hold past its deadline has timed out as surely.
+        kind: ErrorKind = "timeout" if error.kind == "throttled" else error.kind
+        return MetricsApiError(kind, str(error))
+    status, reason = error.status, error.reason
+    if status == 503 or (status == 404 and (reason is None or error.message == _NOT_SERVED)):
+        kind = "unavailable"
     elif status == 404:
         kind = "not_found"
     else:
         kind = "http_status"
-    said = f"HTTP {status} {reason}" if reason else f"HTTP {status}"
-    return MetricsApiError(kind, f"{path}: {said}: {message}", status=status, reason=reason)
-
-
-def _transport_error(path: str, error: Exception) -> MetricsApiError:
-    # With retries enabled urllib3 wraps the last failure.
-    cause = error.reason if isinstance(error, urllib3.exceptions.MaxRetryError) else error
-    # A refused connection is a NewConnectionError, which urllib3 derives from its timeouts.
-    timed_out = isinstance(cause, urllib3.exceptions.TimeoutError | TimeoutError) and not (
-        isinstance(cause, urllib3.exceptions.NewConnectionError)
-    )
-    return MetricsApiError("timeout" if timed_out else "connection", f"{path}: {cause!r}")
+    return MetricsApiError(kind, str(error), status=status, reason=reason)
 
 
 def _is_provider_error(error: MetricsApiError) -> bool:
@@ -212,7 +160,7 @@ def _described_node(item: Any) -> object:
 
 
 def _cpu_usage(item: Any) -> float:
-    cores = _quantity(item["usage"]["cpu"])
+    cores = parse_quantity(item["usage"]["cpu"])
     if cores < 0:
         raise ValueError(f"negative CPU usage {cores}")
     return cores
@@ -223,26 +171,9 @@ def _metric_value(metric: str) -> Callable[[Any], float]:
         named = item["metric"]["name"]
         if named != metric:
             raise ValueError(f"is metric {named!r}, not {metric!r}")
-        return _quantity(item["value"])
+        return parse_quantity(item["value"])
 
     return read
-
-
-def _quantity(value: object) -> float:
-    """A Kubernetes quantity ("22500m", "123456789n", "1.5", "2k") as a finite float."""
-    # Lazy, as in ClusterMetrics._get.
-    from kubernetes.utils.quantity import parse_quantity  # noqa: PLC0415
-
-    # Go's Quantity decodes JSON numbers too, but never booleans.
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError(f"{value!r} is not a quantity")
-    try:
-        number = float(parse_quantity(value))  # type: ignore[no-untyped-call]
-    except (ValueError, ArithmeticError):
-        raise ValueError(f"{value!r} is not a quantity") from None
-    if not math.isfinite(number):
-        raise ValueError(f"{value!r} is not a finite quantity")
-    return number
 
 
 def _collect(

@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from waolb.config import parse_duration
-from waolb.state import MalformedObjectError, expect_type, object_metadata, optional_field
+from waolb.config.values import parse_duration
+from waolb.kube.objects import MalformedObjectError, expect_type, object_metadata, optional_field
 
 API_VERSION: Final = "wao.bitmedia.co.jp/v1beta1"
 KIND: Final = "NodeConfig"

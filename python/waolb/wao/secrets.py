@@ -16,8 +16,6 @@ transport failures and other statuses are not, so the next call asks again.
 from __future__ import annotations
 
 import base64
-import binascii
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -25,14 +23,13 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import quote
 
-import urllib3
-from kubernetes.client import ApiClient
-from kubernetes.client.exceptions import ApiException
-
+from waolb.kube.rest import ApiError, RestClient
 from waolb.wao.predictor import BasicAuth, PredictorError
 
 USERNAME_KEY: Final = "username"
 PASSWORD_KEY: Final = "password"
+# The API server stores Secrets of up to 1 MiB.
+MAX_SECRET_BYTES: Final = 2 << 20
 
 
 @dataclass
@@ -47,13 +44,13 @@ class SecretReader:
 
     def __init__(
         self,
-        api_client: ApiClient,
+        rest: RestClient,
         ttl: float,
         clock: Callable[[], float] = time.monotonic,
         *,
         request_timeout: float = 3.0,
     ) -> None:
-        self.api_client = api_client
+        self.rest = rest
         self.ttl = ttl
         self.request_timeout = request_timeout
         self._clock = clock
@@ -81,35 +78,26 @@ class SecretReader:
 
     def _read(self, namespace: str, name: str) -> BasicAuth:
         where = f"Secret {namespace}/{name}"
-        method, url, headers, _, _ = self.api_client.param_serialize(
-            method="GET",
-            resource_path=f"/api/v1/namespaces/{quote(namespace, safe='')}/secrets/"
-            f"{quote(name, safe='')}",
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-        )
+        path = f"/api/v1/namespaces/{quote(namespace, safe='')}/secrets/{quote(name, safe='')}"
         try:
-            response: urllib3.BaseHTTPResponse = self.api_client.call_api(
-                method, url, header_params=headers, _request_timeout=self.request_timeout
-            ).response
-            try:
-                status, body = response.status, response.data
-            finally:
-                response.release_conn()
-        except (urllib3.exceptions.HTTPError, OSError, ApiException) as error:
+            secret = self.rest.get_json(
+                path, timeout=self.request_timeout, max_body=MAX_SECRET_BYTES
+            )
+        except ApiError as error:
+            if error.status == 404:
+                raise PredictorError("secret", f"{where} does not exist") from None
+            if error.status in (401, 403):
+                raise PredictorError(
+                    "secret", f"{where}: not allowed to read it (HTTP {error.status})"
+                ) from None
+            if error.kind == "status":
+                raise _Transient(f"{where}: HTTP {error.status} from the API server") from None
+            if error.kind == "response":
+                raise _Transient(f"{where}: the API server's answer is not a Secret") from None
             raise _Transient(f"{where}: reading it failed: {error}") from None
-        if status == 404:
-            raise PredictorError("secret", f"{where} does not exist")
-        if status in (401, 403):
-            raise PredictorError("secret", f"{where}: not allowed to read it (HTTP {status})")
-        if status != 200:
-            raise _Transient(f"{where}: HTTP {status} from the API server")
-        try:
-            data = json.loads(body).get("data") or {}
-            if not isinstance(data, dict):
-                raise TypeError
-        except (ValueError, TypeError, AttributeError):
-            raise _Transient(f"{where}: the API server's answer is not a Secret") from None
+        data = (secret.get("data") or {}) if isinstance(secret, dict) else None
+        if not isinstance(data, dict):
+            raise _Transient(f"{where}: the API server's answer is not a Secret")
         username, password = (_decoded(data, key, where) for key in (USERNAME_KEY, PASSWORD_KEY))
         return BasicAuth(username, password)
 
@@ -124,5 +112,6 @@ def _decoded(data: dict[str, object], key: str, where: str) -> str:
         raise PredictorError("secret", f"{where} has no {key!r} key")
     try:
         return base64.b64decode(value, validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    # ValueError: text that is not even ASCII (binascii.Error is one too).
+    except (ValueError, UnicodeDecodeError):
         raise PredictorError("secret", f"{where}: {key!r} is not base64 of UTF-8 text") from None
