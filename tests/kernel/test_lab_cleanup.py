@@ -118,6 +118,9 @@ def test_an_interrupted_run_leaves_no_namespace_or_process(runs: list[Run]) -> N
     run = Run("wait")
     runs.append(run)
     run.process.send_signal(signal.SIGINT)
+    # Only then close its stdin (finish): a run that reads EOF before it handles the signal
+    # would end as if it had been let finish normally.
+    wait_until(lambda: run.process.poll() is not None, what="the run ending on SIGINT")
     assert run.finish() != 0
     assert set(run.made["namespaces"]).isdisjoint(namespaces())
     wait_until(lambda: not any(alive(pid) for pid in run.pids), what="the run's processes gone")
