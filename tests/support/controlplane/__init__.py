@@ -182,6 +182,7 @@ class ControlPlane:
             f"--tls-cert-file={self.serving.cert}", f"--tls-private-key-file={self.serving.key}",
             f"--client-ca-file={self.pki.ca.cert}", f"--token-auth-file={tokens}",
             "--authorization-mode=RBAC", f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allow-privileged=true",  # as every cluster running kube-proxy
             f"--service-account-key-file={accounts.cert}",
             f"--service-account-signing-key-file={accounts.key}",
             "--service-account-issuer=https://kubernetes.default.svc",
