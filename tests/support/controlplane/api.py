@@ -15,9 +15,12 @@ import orjson
 
 from kubeapi import (
     DEFAULT_RESOURCES,
+    ENDPOINT_SLICES,
     NODE_CONFIGS,
     NODE_METRICS,
     NODES,
+    SECRETS,
+    SERVICES,
     KubeApiServer,
     ResourceType,
 )
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
 
 JsonObject = dict[str, Any]
 RESOURCES = (*DEFAULT_RESOURCES, NODE_CONFIGS)
+KUBERNETES = ("default", "kubernetes")  # the API server's own Service
 
 
 def resource_of(obj: Mapping[str, Any]) -> ResourceType:
@@ -42,7 +46,6 @@ class RealApi:
     def __init__(self, plane: ControlPlane, metrics: KubeApiServer) -> None:
         self.plane = plane
         self.metrics = metrics
-        self._created: list[tuple[ResourceType, str, str | None]] = []
 
     @property
     def url(self) -> str:
@@ -70,7 +73,6 @@ class RealApi:
         if namespace is not None:
             self.plane.ensure_namespace(namespace)
         created = self.plane.json("POST", resource.collection_path(namespace), dict(obj))
-        self._created.append((resource, created["metadata"]["name"], namespace))
         return created
 
     def update(self, obj: Mapping[str, Any]) -> JsonObject:
@@ -119,8 +121,11 @@ class RealApi:
 
     # WAO inputs: the metrics server serves them behind the aggregator all along.
 
+    def register(self, resource: ResourceType) -> None:
+        """Nothing to do: the real server serves the CRD and the metrics APIs all along."""
+
     def register_wao(self) -> None:
-        """Nothing to do: the CRD is installed and the APIServices registered."""
+        """Nothing to do (see register)."""
 
     def set_node_metric(self, node: str, metric: str, value: float | str) -> None:
         self.metrics.set_node_metric(node, metric, value)
@@ -129,11 +134,17 @@ class RealApi:
         self.metrics.remove_node_metric(node, metric)
 
     def reset(self) -> None:
-        """Delete what this test created, newest first, and forget the metrics."""
-        for resource, name, namespace in reversed(self._created):
-            path = resource.object_path(name, namespace)
-            self.plane.request("DELETE", path, expect=(200, 202, 404))
-        self._created.clear()
+        """Delete every object a test may have made (through here or any client), and forget
+        the metrics: everything but the cluster's own objects in kube-system and the
+        kubernetes Service."""
+        for resource in (SERVICES, ENDPOINT_SLICES, NODE_CONFIGS, SECRETS, NODES):
+            for item in self.list(resource):
+                metadata = item["metadata"]
+                namespace = metadata.get("namespace")
+                if namespace == "kube-system" or (namespace, metadata["name"]) == KUBERNETES:
+                    continue
+                path = resource.object_path(metadata["name"], namespace)
+                self.plane.request("DELETE", path, expect=(200, 202, 404))
         self.metrics.store.reset()
         self.metrics.custom_metrics = type(self.metrics.custom_metrics)()
         self.metrics.serve_custom_metrics()

@@ -836,10 +836,8 @@ def _decode_object(body: bytes) -> JsonObject:
 
 def _check_list_options(requested: str, match_rule: str, token: str) -> None:
     if token and requested:
-        raise errors.invalid_parameter(
-            "resourceVersion",
-            "Forbidden: specifying resource version is not allowed when using continue",
-        )
+        # Refused by the storage layer, not by validation: 400, not 422.
+        raise errors.bad_request("specifying resource version is not allowed when using continue")
     if not match_rule:
         return
     if match_rule not in ("Exact", "NotOlderThan"):
