@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-APT_PACKAGES := nftables libnftables1 python3-nftables iproute2 python3-venv procps \
+APT_PACKAGES := nftables libnftables1 python3-nftables iproute2 python3-venv procps iptables \
   etcd-server openssl buildah podman runc mmdebstrap
 STAMP := $(VENV)/.stamps
 NATIVE_SOURCES := $(shell find rust/src -name '*.rs') rust/Cargo.toml Cargo.toml pyproject.toml

@@ -9,6 +9,8 @@ ServiceAccount makes, with the answer: the permissions check reads it.
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,11 +19,20 @@ import pytest
 import yaml
 from test_e2e_wao import POD_OF_ENDPOINT, loopback_socket, weights_report
 
-from controlplane import ControlPlane
+from controlplane import KUBE_BIN, ControlPlane
 from controlplane.fixtures import DEPLOY, WAOLB_USER, Deployment
-from e2e import WEB_IP, Environment, environment, service
+from e2e import (
+    NODE,
+    WAOLB,
+    WEB_IP,
+    Environment,
+    endpoint_slice,
+    environment,
+    service,
+    wait_for_traffic,
+)
 from kubeapi import objects
-from netns import SERVER_PORT, entered, requires_netns, wait_until
+from netns import SERVER_PORT, entered, requires_netns, stop_process, wait_until
 from waolab import WAO_NAMESPACE, cpu_times, wao_cluster
 
 pytestmark = requires_netns
@@ -267,3 +278,74 @@ def test_wao_inputs_arrive_through_the_api_with_exactly_the_granted_permissions(
         ("", "nodes", "watch"),
         ("", "nodes", "get"),
     }, sorted(used - own_rules)
+
+
+# ---- from kube-proxy to waolb and back, on a node ------------------------------------------
+
+
+@pytest.fixture
+def node_env(deployment: Deployment) -> Iterator[Environment]:
+    with environment(real=deployment) as env:
+        env.api.create(objects.node(NODE))  # kube-proxy wants its Node
+        env.api.create(service("web", WEB_IP))
+        env.api.create(endpoint_slice("web-a", "web", {"pod0": True, "pod1": True}))
+        yield env
+
+
+def start_kube_proxy(env: Environment) -> subprocess.Popen[bytes]:
+    """kube-proxy v1.34 in nftables mode, as kubeadm's DaemonSet runs it (its flags)."""
+    with entered(env.cluster.node):
+        sockets = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
+    healthz, metrics = (sock.getsockname()[1] for sock in sockets)
+    for sock in sockets:
+        sock.close()
+    log = (env.workdir / "kube-proxy.log").open("ab")
+    with log:
+        process = subprocess.Popen(
+            [
+                "ip", "netns", "exec", env.node, str(KUBE_BIN / "kube-proxy"),
+                "--proxy-mode=nftables", *env.server_flags, f"--hostname-override={NODE}",
+                "--conntrack-max-per-core=0",  # nf_conntrack_max is read-only in a namespace
+                f"--healthz-bind-address=127.0.0.1:{healthz}",
+                f"--metrics-bind-address=127.0.0.1:{metrics}",
+            ],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    env.processes.append(process)
+    return process
+
+
+def node_run(env: Environment, *command: str) -> None:
+    """A one-off command in the node namespace, as an init container runs it."""
+    done = env.cluster.node.run(*command, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_from_kube_proxy_to_waolb_and_back_on_a_node(node_env: Environment) -> None:
+    env = node_env
+    kube_proxy = start_kube_proxy(env)
+    try:
+        wait_for_traffic(env, WEB_IP, {"pod0", "pod1"}, count=20)
+    except BaseException:
+        print((env.workdir / "kube-proxy.log").read_text()[-5000:])
+        print(env.ruleset()[:5000])
+        raise
+    assert "table ip kube-proxy" in env.ruleset()
+
+    # deploy/replace-kube-proxy: the pod restarts with `kube-proxy --cleanup` first, then waolb.
+    stop_process(kube_proxy, grace=10.0)  # type: ignore[arg-type]
+    node_run(env, str(KUBE_BIN / "kube-proxy"), "--cleanup")
+    assert "table ip kube-proxy" not in env.ruleset()
+    waolb = env.start_proxy()
+    wait_for_traffic(env, WEB_IP, {"pod0", "pod1"})
+    env.api.update(endpoint_slice("web-a", "web", {"pod0": False, "pod1": True}))
+    wait_for_traffic(env, WEB_IP, {"pod1"})
+    assert "table ip kube-proxy" not in env.ruleset()
+
+    # deploy/restore-kube-proxy: `waolb --cleanup` first, then kube-proxy again.
+    stop_process(waolb.process, grace=10.0)  # type: ignore[arg-type]
+    node_run(env, str(WAOLB), "--cleanup")
+    assert "wao-loadbalancer" not in env.ruleset()
+    start_kube_proxy(env)
+    wait_for_traffic(env, WEB_IP, {"pod1"})
+    assert "wao-loadbalancer" not in env.ruleset()
