@@ -2,12 +2,13 @@
 against both: ``create``, ``update``, ``patch``, ``delete``, ``get``, ``list``, and the WAO
 inputs (``register_wao``, ``set_node_metric``) that the aggregated metrics server holds.
 
-Everything created through it is deleted again by :meth:`RealApi.reset` (the control plane
-lives for the whole session; each test starts from an empty cluster).
+The control plane lives for the whole session: :meth:`RealApi.reset` deletes what a test made
+(through here or any other client), so that each test starts from an empty cluster.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from kubeapi import (
     NODES,
     SECRETS,
     SERVICES,
+    ApiError,
     KubeApiServer,
     ResourceType,
 )
@@ -105,7 +107,9 @@ class RealApi:
 
     def delete(self, resource: ResourceType, name: str, namespace: str = "default") -> JsonObject:
         if resource in (NODES, NODE_METRICS):
-            self.metrics.delete(resource, name, namespace)
+            # The metrics server may not know a Node made through another client.
+            with contextlib.suppress(ApiError):
+                self.metrics.delete(resource, name, namespace)
             if resource is NODE_METRICS:
                 return {}
         path = resource.object_path(name, namespace if resource.namespaced else None)
