@@ -49,6 +49,38 @@ TARGETS: list[tuple[str, str, str | None, float, str, float]] = [
         50,
     ),
     (
+        "real API server: initial sync 10 000 x 10 < 2 s",
+        "test_real_initial_sync_10000[waolb]",
+        "first_sync_s",
+        1,
+        "s",
+        2.0,
+    ),
+    (
+        "real API server: slice change to new connection < 50 ms",
+        "test_real_endpoint_slice_change[waolb]",
+        "update_to_new_pod_ms",
+        1,
+        "ms",
+        50,
+    ),
+    (
+        "frozen waolb: start to a healthy /healthz < 1 s",
+        "test_start_to_healthz[frozen]",
+        "start_to_healthy_s",
+        1,
+        "s",
+        1.0,
+    ),
+    (
+        "frozen waolb: size < 40 MB",
+        "test_start_to_healthz[frozen]",
+        "size_mib",
+        1,
+        "MiB",
+        40 * MB_IN_MIB,
+    ),
+    (
         "WAO scoring of 1 000 services / 100 nodes, warm caches < 50 ms",
         "test_scoring_round_warm",
         None,
@@ -63,6 +95,12 @@ RATIOS: list[tuple[str, str, int, float | None]] = [
     ("test_nft_text_waolb_layout[1000]", "test_full_sync_1000", 1000, None),
     ("test_nft_text_kube_proxy_layout[3000]", "test_full_sync_3000", 3000, 20.0),
     ("test_nft_text_waolb_layout[3000]", "test_full_sync_3000", 3000, None),
+]
+
+# kube-proxy v1.34 against waolb on the real API server, same run: (label, key in extra_info).
+PROXY_RATIOS: list[tuple[str, str, str]] = [
+    ("initial sync 10 000 x 10", "test_real_initial_sync_10000", "first_sync_s"),
+    ("slice change to new connection", "test_real_endpoint_slice_change", "update_to_new_pod_ms"),
 ]
 
 
@@ -96,6 +134,11 @@ def main(source: Path, target: Path) -> None:
         label = f"nft -f ({layout} layout) / waolb at {count} services"
         met = None if minimum is None or ratio is None else ratio >= minimum
         rows.append((label + (f" >= {minimum:g}" if minimum else ""), ratio, "x", met))
+    for label, name, key in PROXY_RATIOS:
+        theirs = figure(benches.get(f"{name}[kube-proxy]"), key)
+        ours = figure(benches.get(f"{name}[waolb]"), key)
+        ratio = None if theirs is None or not ours else theirs / ours
+        rows.append((f"kube-proxy / waolb, real API server: {label}", ratio, "x", None))
 
     summary = {
         "machine_info": report.get("machine_info", {}),

@@ -27,6 +27,7 @@ import contextlib
 import errno
 import itertools
 import json
+import os
 import socket
 import statistics
 import struct
@@ -413,6 +414,11 @@ class Proxy:
                     values[name] = float(value)
         return values, seconds, len(body)
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the process has used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def peak_rss_mib(self) -> float:
         """VmHWM: the process's peak resident set so far."""
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -422,16 +428,23 @@ class Proxy:
 
 
 def start_proxy(
-    node: Netns, api: KubeApiServer, log_path: Path, ports: list[int], *flags: str
+    node: Netns,
+    server_flags: list[str],
+    log_path: Path,
+    ports: list[int],
+    *flags: str,
+    executable: Path = WAOLB,
 ) -> Proxy:
+    """waolb in ``node``, reaching the API server as ``server_flags`` say (--master or
+    --kubeconfig)."""
     metrics_port, healthz_port = ports
     started, started_wall = time.monotonic(), time.time()
     with log_path.open("wb") as log_file:
         # `ip netns exec` execs waolb: the child's pid is waolb's.
         process = subprocess.Popen(
             [
-                "ip", "netns", "exec", node.name, str(WAOLB),
-                f"--master={api.url}",
+                "ip", "netns", "exec", node.name, str(executable),
+                *server_flags,
                 f"--hostname-override={NODE}",
                 f"--metrics-bind-address=127.0.0.1:{metrics_port}",
                 f"--healthz-bind-address=127.0.0.1:{healthz_port}",
@@ -517,7 +530,9 @@ def test_initial_sync_10000(benchmark: BenchmarkFixture, tmp_path: Path) -> None
             )
 
         def start_and_wait() -> None:
-            proxy = start_proxy(current["node"], api, current["log_path"], current["ports"])
+            proxy = start_proxy(
+                current["node"], [f"--master={api.url}"], current["log_path"], current["ports"]
+            )
             current["stack"].callback(stop_process, proxy.process, 10.0)
             current["proxy"] = proxy
             current["kernel_at"] = wait_for_table(proxy, current["netlink"])
@@ -545,6 +560,7 @@ def initial_sync_figures(
 ) -> dict[str, float]:
     """Where the time went, in seconds from the process start, and memory, in MiB."""
     wait_for_syncs(proxy, 1)
+    cpu_synced = proxy.cpu_seconds()
     rss_synced = proxy.peak_rss_mib()
     metrics, scrape_seconds, scrape_bytes = proxy.scrape()
     elements = programmed_services(proxy.node)
@@ -581,6 +597,7 @@ def initial_sync_figures(
         "batch_messages": metrics["waolb_sync_batch_messages_sum"],
         "metrics_scrape_s": scrape_seconds,
         "metrics_scrape_mib": scrape_bytes / 2**20,
+        "cpu_after_sync_s": cpu_synced,
         "peak_rss_after_sync_mib": rss_synced,
         "peak_rss_mib": rss,
     }
@@ -668,7 +685,7 @@ def test_endpoint_slice_change_10000(
         cleanup.callback(poller.close)
         proxy = start_proxy(
             node,
-            api,
+            [f"--master={api.url}"],
             tmp_path / "waolb.log",
             free_ports(node, 2),
             "--iptables-min-sync-period=0s",

@@ -8,6 +8,9 @@ from collections.abc import Iterator
 import pytest
 from kubernetes.client import ApiClient, Configuration
 
+# The real control plane (tests/support/controlplane): started once per session, when a test
+# first asks for it.
+from controlplane.fixtures import control_plane, deployment  # noqa: F401
 from kubeapi import KubeApiServer
 
 IN_CI = bool(os.environ.get("CI"))

@@ -1,9 +1,11 @@
-"""The ``waolb`` process end to end: the fake API server in, kernel rules and real traffic out.
+"""The ``waolb`` process end to end: API objects in, kernel rules and real traffic out.
 
-Each test builds a "node" network namespace with pods (tests/support/netns.py), starts the test API
-server listening inside the node namespace (its socket is created there), and runs ``waolb``
-in the node namespace with kube-proxy's flags, as a DaemonSet would. Traffic to cluster IPs
-goes from the node namespace to the pods' servers, which answer with their pod name.
+Each test builds a "node" network namespace with pods (tests/support/netns.py) and runs
+``waolb`` in the node namespace with kube-proxy's flags, as a DaemonSet would. Traffic to
+cluster IPs goes from the node namespace to the pods' servers, which answer with their pod
+name. The API server is the test double, listening inside the node namespace, and, for the
+tests marked so, also the real control plane (kube-apiserver v1.34 and etcd), where waolb runs
+as its ServiceAccount with deploy/'s RBAC.
 """
 
 from __future__ import annotations
@@ -32,8 +34,17 @@ from netns import HUNG_AFTER, entered, exchange, requires_netns, wait_until
 pytestmark = requires_netns
 
 
+@pytest.fixture(params=["double", "real"])
+def env(request: pytest.FixtureRequest) -> Iterator[Environment]:
+    """The test runs against the test double and against the real control plane."""
+    real = request.getfixturevalue("deployment") if request.param == "real" else None
+    with environment(real=real) as result:
+        yield result
+
+
 @pytest.fixture
-def env() -> Iterator[Environment]:
+def double_env() -> Iterator[Environment]:
+    """For what only the test double does: restarts, objects a real server refuses."""
     with environment() as result:
         yield result
 
@@ -94,7 +105,9 @@ def test_health_and_metrics_servers(env: Environment) -> None:
 
     text = env.http(10249, "/metrics")[1].decode()
     assert "kubeproxy_sync_full_proxy_rules_duration_seconds_count 1.0" in text
-    assert "kubeproxy_sync_proxy_rules_service_changes_total 1.0" in text
+    # The real server has two Services of its own: kubernetes, and the metrics APIs'.
+    services = 3 if env.real else 1
+    assert f"kubeproxy_sync_proxy_rules_service_changes_total {services}.0" in text
     weight = 'waolb_endpoint_weight{endpoint="10.244.0.10:8080",namespace="default",port="http",'
     assert f'{weight}service="web"}} 1.0' in text
     assert env.http(10249, "/proxyMode") == (200, b"nftables")
@@ -137,7 +150,10 @@ def test_non_default_proxy_handles_only_its_labelled_services(env: Environment) 
     wait_until(lambda: "default/web" not in env.ruleset(), what="web released")
 
 
-def test_a_malformed_object_is_skipped_and_the_rest_keeps_working(env: Environment) -> None:
+def test_a_malformed_object_is_skipped_and_the_rest_keeps_working(
+    double_env: Environment,
+) -> None:
+    env = double_env  # a real API server refuses the broken address
     env.api.create(service("web", WEB_IP))
     env.api.create(endpoint_slice("web-a", "web", {"pod0": True}))
     env.api.create(service("api", API_IP))
@@ -176,7 +192,8 @@ def test_sigterm_leaves_the_rules_and_cleanup_removes_them(env: Environment) -> 
     assert "wao-loadbalancer" not in env.ruleset()
 
 
-def test_an_api_server_restart_is_survived(env: Environment) -> None:
+def test_an_api_server_restart_is_survived(double_env: Environment) -> None:
+    env = double_env
     env.api.create(service("web", WEB_IP))
     env.api.create(endpoint_slice("web-a", "web", {"pod0": True}))
     proxy = env.start_proxy()
@@ -206,10 +223,16 @@ def test_a_kube_proxy_config_file_and_command_line(env: Environment) -> None:
         "  syncPeriod: 10s\n"
         "conntrack:\n"
         "  maxPerCore: 0\n"
+        # kubeadm's: the API server from a kubeconfig (the test double's --master also applies).
+        + "".join(
+            f"clientConnection:\n  kubeconfig: {flag.partition('=')[2]}\n"
+            for flag in env.server_flags
+            if flag.startswith("--kubeconfig=")
+        )
     )
     env.api.create(service("web", WEB_IP))
     env.api.create(endpoint_slice("web-a", "web", {"pod1": True}))
-    # kubeadm's DaemonSet: --config and --hostname-override (start_proxy adds --master).
+    # kubeadm's DaemonSet: --config and --hostname-override (start_proxy adds the server).
     proxy = env.start_proxy(f"--config={config}", "--metrics-bind-address=127.0.0.1:1")
     wait_for_traffic(env, WEB_IP, {"pod1"})
     assert env.http(20249, "/proxyMode") == (200, b"nftables")

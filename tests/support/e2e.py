@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controlplane.api import RealApi
+from controlplane.fixtures import Deployment
 from kubeapi import KubeApiServer, objects
 from netns import (
     SERVER_PORT,
@@ -93,16 +95,26 @@ class Proxy:
 
 @dataclass
 class Environment:
+    """A node, its pods and an API server: the test double, or the real control plane
+    (``api`` is then a RealApi and waolb runs as its ServiceAccount, with deploy/'s RBAC)."""
+
     cluster: Cluster
-    api: KubeApiServer
+    api: KubeApiServer | RealApi
     workdir: Path
+    server_flags: list[str]
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def real(self) -> bool:
+        return isinstance(self.api, RealApi)
 
     @property
     def node(self) -> str:
         return self.cluster.node.name
 
-    def start_proxy(self, *flags: str, proxy_name: str | None = None) -> Proxy:
+    def start_proxy(
+        self, *flags: str, proxy_name: str | None = None, executable: Path = WAOLB
+    ) -> Proxy:
         log_path = self.workdir / f"waolb-{len(list(self.workdir.iterdir()))}.log"
         env = {k: v for k, v in os.environ.items() if k != "WAO_SERVICE_PROXY_NAME"}
         if proxy_name is not None:
@@ -110,8 +122,8 @@ class Environment:
         with log_path.open("wb") as log_file:
             process = subprocess.Popen(
                 [
-                    "ip", "netns", "exec", self.node, str(WAOLB),
-                    f"--master={self.api.url}",
+                    "ip", "netns", "exec", self.node, str(executable),
+                    *self.server_flags,
                     f"--hostname-override={NODE}",
                     "--iptables-min-sync-period=100ms",
                     "--log-format=json",
@@ -150,17 +162,32 @@ class Environment:
 
 
 @contextmanager
-def environment(pods: int = 3) -> Iterator[Environment]:
-    """A node with ``pods`` pods and the test API server; every process stopped on exit."""
+def environment(pods: int = 3, *, real: Deployment | None = None) -> Iterator[Environment]:
+    """A node with ``pods`` pods and the test API server, or the real control plane given in
+    ``real`` (attached to the node; what the test creates is deleted after it); every process
+    stopped on exit."""
     with (
         cluster(pods=pods) as test_cluster,
         tempfile.TemporaryDirectory(prefix="waolb-e2e-") as workdir,
     ):
+        if real is not None:
+            real.plane.attach(test_cluster.node)
+            kubeconfig = real.node_kubeconfig(Path(workdir) / "waolb.kubeconfig")
+            real_api = real.api()
+            result = Environment(
+                test_cluster, real_api, Path(workdir), [f"--kubeconfig={kubeconfig}"]
+            )
+            try:
+                yield result
+            finally:
+                result.stop_all()
+                real_api.reset()
+            return
         api = KubeApiServer(bookmark_interval=0.2, future_wait=0.5)
         # The listening socket is created inside the node namespace, where waolb runs.
         with entered(test_cluster.node):
             api.start()
-        result = Environment(test_cluster, api, Path(workdir))
+        result = Environment(test_cluster, api, Path(workdir), [f"--master={api.url}"])
         try:
             yield result
         finally:

@@ -83,6 +83,16 @@ def conflict(resource: ResourceType, name: str, why: str) -> ApiError:
     )
 
 
+def precondition_failed(resource: ResourceType, name: str, why: str) -> ApiError:
+    """409 for a delete whose preconditions fail: kube-apiserver names the kind here."""
+    return ApiError(
+        409,
+        "Conflict",
+        f'Operation cannot be fulfilled on {resource.kind} "{name}": {why}',
+        _object_details(resource, name),
+    )
+
+
 def modified_since_read(resource: ResourceType, name: str) -> ApiError:
     return conflict(
         resource,

@@ -86,6 +86,7 @@ SERVICES = ResourceType(
     "Service",
     namespaced=True,
     name_pattern=DNS1035_LABEL,
+    field_labels=("spec.clusterIP", "spec.type"),  # as kube-apiserver v1.34 serves them
     returns_deleted_object=True,
 )
 NODES = ResourceType("", "v1", "nodes", "Node", namespaced=False)

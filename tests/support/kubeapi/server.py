@@ -13,6 +13,7 @@ import base64
 import binascii
 import contextlib
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -106,7 +107,9 @@ class KubeApiServer:
     long a request for a resourceVersion the server has not reached yet waits before the
     "Too large resource version" answer; ``history_limit`` bounds the event history.
     ``watch_chunk_size``, when set, splits watch events into HTTP chunks of at most that many
-    bytes, as a proxy between client and API server may re-chunk a stream.
+    bytes, as a proxy between client and API server may re-chunk a stream. With ``tls`` (a
+    server-side context) it serves HTTPS, as an aggregated API server behind a real
+    kube-apiserver does.
     """
 
     def __init__(
@@ -119,8 +122,10 @@ class KubeApiServer:
         bookmark_interval: float = 60.0,
         default_watch_timeout: float = 1800.0,
         future_wait: float = 3.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
+        self.tls = tls
         self.port = port
         self.bookmark_interval = bookmark_interval
         self.default_watch_timeout = default_watch_timeout
@@ -175,7 +180,7 @@ class KubeApiServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def start(self) -> None:
         """Listen and serve in a background thread.
@@ -191,6 +196,8 @@ class KubeApiServer:
         self._has_served = True
         self._stopped.clear()
         self._http = _HTTPServer((self.host, self.port), self)
+        if self.tls is not None:
+            self._http.socket = self.tls.wrap_socket(self._http.socket, server_side=True)
         self.port = self._http.server_address[1]
         with self.store.condition:
             self.store.accepting_watches = True
@@ -829,10 +836,8 @@ def _decode_object(body: bytes) -> JsonObject:
 
 def _check_list_options(requested: str, match_rule: str, token: str) -> None:
     if token and requested:
-        raise errors.invalid_parameter(
-            "resourceVersion",
-            "Forbidden: specifying resource version is not allowed when using continue",
-        )
+        # Refused by the storage layer, not by validation: 400, not 422.
+        raise errors.bad_request("specifying resource version is not allowed when using continue")
     if not match_rule:
         return
     if match_rule not in ("Exact", "NotOlderThan"):

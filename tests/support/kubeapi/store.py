@@ -195,24 +195,28 @@ class ObjectStore:
         namespace: str | None,
         preconditions: Mapping[str, Any] | None = None,
     ) -> JsonObject:
-        """Delete at once (no finalizers); returns the object's last state."""
+        """Delete at once (no finalizers); returns the object's last state, at the deletion's
+        resourceVersion as a real server answers it."""
         with self.condition:
             current = self.get(resource, name, namespace)
-            for precondition, label in (("uid", "UID"), ("resourceVersion", "ResourceVersion")):
+            for precondition, label, then in (
+                ("uid", "UID", "deleted and then recreated"),
+                ("resourceVersion", "ResourceVersion", "modified"),
+            ):
                 wanted = (preconditions or {}).get(precondition)
                 actual = current["metadata"][precondition]
                 if wanted is not None and wanted != actual:
-                    raise errors.conflict(
+                    raise errors.precondition_failed(
                         resource,
                         name,
-                        f"Precondition failed: {label} in precondition: {wanted}, "
-                        f"{label} in object meta: {actual}",
+                        f"the {label} in the precondition ({wanted}) does not match the {label} "
+                        f"in record ({actual}). The object might have been {then}",
                     )
             self.resource_version += 1
             deleted = _with_resource_version(current, self.resource_version)
             del self._objects[resource][object_key(current)]
             self._record(StoredEvent(self.resource_version, resource, "DELETED", deleted, current))
-            return current
+            return deleted
 
     def _record(self, event: StoredEvent) -> None:
         self._history.append(event)
