@@ -1,8 +1,9 @@
 """The HTTP servers: /healthz under a flood of stalled connections, and the cost of a scrape.
 
-healthz: the time of one GET /healthz on an idle server, and on the same kind of server while
+healthz: the time of one GET /healthz on an idle server, on the same kind of server while
 300 half-sent requests, 20 trickled headers and 20 silent connections hold on (more than its
-256-connection cap: evictions run too), with the server's thread count.
+256-connection cap: evictions run too), with the server's thread count, and while the process
+renders per-endpoint /metrics scrapes back to back.
 
 /metrics: one scrape over loopback HTTP at 10 000 services x 10 endpoints, for each
 weightMetrics setting, in the same run: the per-endpoint series ("endpoint", what main served
@@ -86,6 +87,35 @@ def test_healthz_under_stalled_connections(benchmark: BenchmarkFixture) -> None:
             1 for t in threading.enumerate() if t.name.startswith("waolb-bench")
         )
         benchmark.extra_info["open_connections"] = server.connection_count
+
+
+@pytest.mark.benchmark(group="GET /healthz: idle vs 340 stalled connections")
+def test_healthz_during_endpoint_scrapes(benchmark: BenchmarkFixture) -> None:
+    """/healthz while another server of the process renders per-endpoint /metrics without
+    pause: both want the interpreter, as in the proxy."""
+    metrics = programmed_metrics("endpoint")
+    stop = threading.Event()
+    scrapes = 0
+    with serving({"/healthz": Response(200, b"ok")}) as (_, port):
+        scraper = HttpServer("bench-metrics")
+        scraper.start()
+        try:
+            metrics_port = scraper.listen("127.0.0.1:0", by_path(metrics.routes())).port
+
+            def scrape() -> None:
+                nonlocal scrapes
+                while not stop.is_set():
+                    get(metrics_port, "/metrics")
+                    scrapes += 1
+
+            thread = threading.Thread(target=scrape, daemon=True)
+            thread.start()
+            timed_healthz(benchmark, port)
+            stop.set()
+            thread.join()
+        finally:
+            scraper.stop()
+    benchmark.extra_info["scrapes_meanwhile"] = scrapes
 
 
 def programmed_metrics(detail: str) -> ProxyMetrics:
