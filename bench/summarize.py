@@ -88,6 +88,30 @@ TARGETS: list[tuple[str, str, str | None, float, str, float]] = [
         "ms",
         50,
     ),
+    (
+        "slowest GET /healthz under 340 stalled connections < 1 s",
+        "test_healthz_under_stalled_connections",
+        "max_seconds",
+        1,
+        "s",
+        1.0,
+    ),
+    (
+        "GET /metrics, 10 000 x 10, default weight series < 1 s",
+        "test_scrape_10000_services[service]",
+        None,
+        1,
+        "s",
+        1.0,
+    ),
+    (
+        "GET /metrics size, 10 000 x 10, default weight series < 4 MiB",
+        "test_scrape_10000_services[service]",
+        "bytes",
+        1 / 2**20,
+        "MiB",
+        4,
+    ),
 ]
 # (baseline benchmark, waolb benchmark, services, minimum ratio or None)
 RATIOS: list[tuple[str, str, int, float | None]] = [

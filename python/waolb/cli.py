@@ -37,8 +37,8 @@ from waolb.config.values import (
     VERBOSITY,
     duration_within,
     integer_flag,
-    normalize_bind_address,
     number_flag,
+    optional_bind_address,
     parse_bind_ip,
     parse_cidrs,
     parse_go_bool,
@@ -95,11 +95,6 @@ def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
             raise argparse.ArgumentTypeError(str(error)) from None
 
     return convert
-
-
-def _bind_address(default_port: int) -> Callable[[str], str]:
-    # An empty address turns the server off, as with kube-proxy's flags.
-    return lambda text: normalize_bind_address(text, default_port) if text else ""
 
 
 def _log_format(text: str) -> str:
@@ -221,14 +216,14 @@ def _add_proxy_flags(parser: argparse.ArgumentParser) -> None:
     _value_flag(
         parser,
         "healthz-bind-address",
-        _bind_address(HEALTHZ_PORT),
+        optional_bind_address(HEALTHZ_PORT),
         "ip:port of the health server (empty: off)",
         "healthz_bind_address",
     )
     _value_flag(
         parser,
         "metrics-bind-address",
-        _bind_address(METRICS_PORT),
+        optional_bind_address(METRICS_PORT),
         "ip:port of the metrics server (empty: off)",
         "metrics_bind_address",
     )

@@ -20,12 +20,12 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from waolb import logs
-from waolb.metrics import ProxyMetrics, Route
+from waolb.httpserver import JSON, Response, Route
+from waolb.metrics import ProxyMetrics
 
 log = logs.get_logger(__name__)
 
 TO_BE_DELETED_TAINT: Final = "ToBeDeletedByClusterAutoscaler"
-_JSON: Final = "application/json"
 
 
 @dataclass(frozen=True)
@@ -105,21 +105,18 @@ class ProxierHealth:
                 node_eligible=self._node_eligible,
             )
 
-    def healthz(self) -> tuple[int, str, bytes]:
+    def healthz(self) -> Response:
         status = self.status()
         healthy = status.healthy and status.node_eligible
         self._metrics.healthz_responses.labels("200" if healthy else "503").inc()
         body = {**_times(status, healthy), "nodeEligible": status.node_eligible}
-        return (200 if healthy else 503), _JSON, json.dumps(body).encode()
+        return Response(200 if healthy else 503, json.dumps(body).encode(), JSON)
 
-    def livez(self) -> tuple[int, str, bytes]:
+    def livez(self) -> Response:
         status = self.status()
         self._metrics.livez_responses.labels("200" if status.healthy else "503").inc()
-        return (
-            (200 if status.healthy else 503),
-            _JSON,
-            json.dumps(_times(status, status.healthy)).encode(),
-        )
+        body = json.dumps(_times(status, status.healthy)).encode()
+        return Response(200 if status.healthy else 503, body, JSON)
 
     def routes(self) -> dict[str, Route]:
         return {"/healthz": self.healthz, "/livez": self.livez}

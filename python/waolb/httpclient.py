@@ -34,11 +34,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from waolb.redaction import redact_url
 
 ErrorKind = Literal["timeout", "connection", "too_large", "interrupted"]
 
@@ -59,12 +60,9 @@ class HttpError(Exception):
         self.detail = detail
 
 
-def redacted(url: str) -> str:
-    """``url`` without its ``user:password@``, for messages and logs."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+# ``url`` without its ``user:password@``, for messages and logs: waolb.redaction's, kept under
+# this name for the callers that build request errors.
+redacted = redact_url
 
 
 # ---- the deadline of one request ----------------------------------------------------------

@@ -16,6 +16,8 @@ from typing import Final, Literal, TextIO
 import orjson
 import structlog
 
+from waolb.redaction import redact_value
+
 # kube-proxy's klog levels: 0-1 are the normal operational messages, 2 and up add detail.
 DEBUG_VERBOSITY = 2
 # Libraries log every HTTP request at debug; only very verbose runs want that.
@@ -36,6 +38,13 @@ def _json_dumps(event: object, **_: object) -> str:
     return orjson.dumps(event, default=str).decode()
 
 
+def redact_event(
+    logger: object, method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """No credential in any log line, waolb's or a library's, exceptions included."""
+    return {key: redact_value(value) for key, value in event.items()}
+
+
 def configure_logging(
     verbosity: int = 0,
     log_format: Literal["console", "json"] = "console",
@@ -51,15 +60,17 @@ def configure_logging(
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    rendering: list[structlog.typing.Processor]
+    renderer: structlog.typing.Processor
     if log_format == "json":
-        rendering = [
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(serializer=_json_dumps),
-        ]
+        renderer = structlog.processors.JSONRenderer(serializer=_json_dumps)
     else:
-        # The console renderer formats exceptions itself.
-        rendering = [structlog.dev.ConsoleRenderer(colors=False)]
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    # Tracebacks become text before redaction, so that they are redacted too.
+    rendering: list[structlog.typing.Processor] = [
+        structlog.processors.format_exc_info,
+        redact_event,
+        renderer,
+    ]
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,

@@ -1,17 +1,15 @@
-"""Prometheus metrics (kube-proxy's names where they apply) and the small HTTP servers.
+"""Prometheus metrics (kube-proxy's names where they apply).
 
 Every metric lives in the registry a :class:`ProxyMetrics` owns, never the global one, so
-that tests and several proxiers in one process stay apart.
+that tests and several proxiers in one process stay apart. The server they are scraped from
+is :mod:`waolb.httpserver`'s.
 """
 
 from __future__ import annotations
 
-import socket
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator, Sequence
 from typing import Final
-from urllib.parse import urlsplit
 
 from prometheus_client import (
     CollectorRegistry,
@@ -24,11 +22,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from waolb import logs
-from waolb.config import split_host_port
+from waolb.config import WEIGHT_METRICS
+from waolb.httpserver import Response, Route
 from waolb.state import EndpointInfo, ServicePortKey
-
-log = logs.get_logger(__name__)
 
 
 def _exponential_buckets(start: float, factor: float, count: int) -> list[float]:
@@ -49,15 +45,19 @@ def _network_programming_buckets() -> list[float]:
 SYNC_BUCKETS: Final = _exponential_buckets(0.001, 2, 15)
 
 
-class _EndpointWeights(Collector):
-    """``waolb_endpoint_weight``, built when scraped from the ports last programmed.
+class _WeightSeries(Collector):
+    """The programmed weights, as series built when scraped from the ports last programmed.
 
     Recording a port costs one dictionary entry on the sync path whatever its endpoint count
     (100 000 labelled gauge children cost seconds after a large full sync); the series are
-    produced only when someone asks for them.
+    produced only when someone asks for them, and only as many as ``detail`` asks for:
+    "service" gives two series per service port, "endpoint" adds one per endpoint.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, detail: str) -> None:
+        if detail not in WEIGHT_METRICS:
+            raise ValueError(f"{detail!r} is not one of {', '.join(WEIGHT_METRICS)}")
+        self._detail = detail
         self._ports: dict[ServicePortKey, tuple[str, Sequence[EndpointInfo], Sequence[int]]] = {}
         self._lock = threading.Lock()
 
@@ -78,23 +78,55 @@ class _EndpointWeights(Collector):
             self._ports.pop(key, None)
 
     def collect(self) -> Iterator[Metric]:
+        if self._detail == "none":
+            return
+        with self._lock:
+            ports = list(self._ports.items())
+        port_labels = ["namespace", "service", "port", "family"]
+        endpoint_count = GaugeMetricFamily(
+            "waolb_service_endpoints",
+            "Endpoints programmed for a service port, by IP family",
+            labels=port_labels,
+        )
+        top_share = GaugeMetricFamily(
+            "waolb_service_max_endpoint_share",
+            "Largest share of a service port's traffic that one endpoint gets (0-1; "
+            "1/endpoints when the weights are equal)",
+            labels=port_labels,
+        )
+        for key, (port_label, endpoints, weights) in ports:
+            labels = [key.namespace, key.name, port_label, f"IPv{key.family}"]
+            endpoint_count.add_metric(labels, len(endpoints))
+            total = sum(weights)
+            top_share.add_metric(labels, max(weights) / total if total else 0.0)
+        yield endpoint_count
+        yield top_share
+        if self._detail == "endpoint":
+            yield self._endpoint_series(ports)
+
+    @staticmethod
+    def _endpoint_series(
+        ports: list[tuple[ServicePortKey, tuple[str, Sequence[EndpointInfo], Sequence[int]]]],
+    ) -> Metric:
         family = GaugeMetricFamily(
             "waolb_endpoint_weight",
             "Programmed weight of an endpoint within its service port (0: left out)",
             labels=["namespace", "service", "port", "endpoint"],
         )
-        with self._lock:
-            ports = list(self._ports.items())
         for key, (port_label, endpoints, weights) in ports:
             for endpoint, weight in zip(endpoints, weights, strict=True):
                 family.add_metric(
                     [key.namespace, key.name, port_label, _endpoint_label(endpoint)], weight
                 )
-        yield family
+        return family
 
 
 class ProxyMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    """Every metric of one proxy; ``weight_metrics`` is the ``weightMetrics`` setting."""
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, weight_metrics: str = "service"
+    ) -> None:
         # kube-proxy exports no *_created series; dashboards built for it expect none.
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry or CollectorRegistry()
@@ -154,8 +186,8 @@ class ProxyMetrics:
         self.livez_responses = Counter(
             "kubeproxy_livez_total", "Cumulative proxy livez HTTP status", ["code"], registry=r
         )
-        self._endpoint_weights = _EndpointWeights()
-        r.register(self._endpoint_weights)
+        self._weights = _WeightSeries(weight_metrics)
+        r.register(self._weights)
         self.scoring_duration = Histogram(
             "waolb_scoring_duration_seconds",
             "Time a weight provider took to score the services it scores",
@@ -186,6 +218,13 @@ class ProxyMetrics:
             ["reason"],
             registry=r,
         )
+        self.http_drops = Counter(
+            "waolb_http_connections_dropped_total",
+            "Connections the healthz, metrics or weights server ended before their client was "
+            "done: evicted, refused, timeout, malformed, too_large, method, body",
+            ["server", "reason"],
+            registry=r,
+        )
         self.sync_batch_messages = Histogram(
             "waolb_sync_batch_messages",
             "Netlink messages in one kernel batch",
@@ -201,110 +240,24 @@ class ProxyMetrics:
         weights: Sequence[int],
     ) -> None:
         """Publish a programmed port's weights, replacing what it had before."""
-        self._endpoint_weights.record(key, port_label, endpoints, weights)
+        self._weights.record(key, port_label, endpoints, weights)
 
     def forget_weights(self, key: ServicePortKey) -> None:
-        self._endpoint_weights.forget(key)
+        self._weights.forget(key)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+    def routes(self) -> dict[str, Route]:
+        """kube-proxy's metrics server: /metrics, plus /healthz and /proxyMode that tools
+        probe."""
+        return {
+            "/metrics": lambda: Response(200, self.exposition(), CONTENT_TYPE_LATEST),
+            "/healthz": lambda: Response(200, b"ok"),
+            "/proxyMode": lambda: Response(200, b"nftables"),
+        }
 
 
 def _endpoint_label(endpoint: EndpointInfo) -> str:
     host = f"[{endpoint.ip}]" if ":" in endpoint.ip else endpoint.ip
     return f"{host}:{endpoint.port}"
-
-
-# ---- HTTP --------------------------------------------------------------------------------
-
-# The scorer's last inputs and results as JSON, for `waolb weights`.
-WEIGHTS_PATH: Final = "/waolb/weights"
-
-# A route answers (status, content type, body).
-Route = Callable[[], tuple[int, str, bytes]]
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class HttpEndpoint:
-    """A threaded HTTP server on one "ip:port" serving a few fixed GET routes."""
-
-    def __init__(self, address: str, routes: Mapping[str, Route], name: str) -> None:
-        self._address = address
-        self._routes = dict(routes)
-        self._name = name
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        """The bound port (useful when the configured port is 0)."""
-        assert self._server is not None, "not started"
-        return int(self._server.server_address[1])
-
-    def start(self) -> None:
-        """Bind (OSError if the address is taken) and serve in a daemon thread."""
-        host, port = split_host_port(self._address)
-        server_class = _Server6 if ":" in host else _Server
-        self._server = server_class((host, port), _handler_for(self._routes, self._name))
-        server = self._server
-        self._thread = threading.Thread(
-            # A short poll so that stop() returns promptly.
-            target=lambda: server.serve_forever(poll_interval=0.05),
-            name=f"waolb-{self._name}",
-            daemon=True,
-        )
-        self._thread.start()
-        log.info("serving HTTP", server=self._name, address=self._address, port=self.port)
-
-    def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join()
-        self._server = None
-
-
-def _handler_for(routes: Mapping[str, Route], name: str) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "waolb"
-
-        def do_GET(self) -> None:
-            route = routes.get(urlsplit(self.path).path)
-            if route is None:
-                status, content_type, body = (
-                    404,
-                    "text/plain; charset=utf-8",
-                    b"404 page not found\n",
-                )
-            else:
-                status, content_type, body = route()
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            log.debug("HTTP request", server=name, request=format % args)
-
-    return Handler
-
-
-def metrics_routes(metrics: ProxyMetrics) -> dict[str, Route]:
-    """kube-proxy's metrics server: /metrics, plus /healthz and /proxyMode that tools probe."""
-    return {
-        "/metrics": lambda: (200, CONTENT_TYPE_LATEST, metrics.exposition()),
-        "/healthz": lambda: (200, "text/plain; charset=utf-8", b"ok"),
-        "/proxyMode": lambda: (200, "text/plain; charset=utf-8", b"nftables"),
-    }

@@ -21,15 +21,17 @@ from waolb import logs
 from waolb.config import ProxySettings
 from waolb.dataplane import NftablesDataplane
 from waolb.health import ProxierHealth
+from waolb.httpserver import JSON, HttpServer, Response, Route, by_path
 from waolb.kube.client import KubeConfigError, TokenBucket, build_api_client
 from waolb.kube.reflector import Reflector
 from waolb.kube.resources import ENDPOINT_SLICES, NODE_CONFIGS, NODES, SERVICES
 from waolb.kube.rest import RestClient
-from waolb.metrics import WEIGHTS_PATH, HttpEndpoint, ProxyMetrics, Route, metrics_routes
+from waolb.metrics import ProxyMetrics
 from waolb.policy import WeightProvider
 from waolb.policy.equal import EqualWeights
 from waolb.policy.select import PolicySelector
 from waolb.policy.wao import WaoWeights
+from waolb.redaction import redact_value
 from waolb.state import ClusterState
 from waolb.sync import SyncLoop
 from waolb.wao.inventory import WaoInventory
@@ -37,6 +39,7 @@ from waolb.wao.metrics_api import ClusterMetrics
 from waolb.wao.predictor import PowerPredictors
 from waolb.wao.scorer import NodePowerScorer
 from waolb.wao.secrets import SecretReader
+from waolb.weights_report import WEIGHTS_PATH
 
 log = logs.get_logger(__name__)
 
@@ -112,12 +115,12 @@ class Proxier:
         self.inventory = WaoInventory()
         self.wao: WaoWeights | None = None
         self.weights: WeightProvider = EqualWeights()
-        self.metrics = ProxyMetrics()
+        self.metrics = ProxyMetrics(weight_metrics=settings.config.waolb.weight_metrics)
         config = settings.config
         self.health = ProxierHealth(2 * config.sync_period, self.metrics)
         self._stop_requested = threading.Event()
         self._reflectors: list[Reflector] = []
-        self._servers: list[HttpEndpoint] = []
+        self._servers: list[HttpServer] = []
         self._loop: SyncLoop | None = None
 
     def run(self) -> int:
@@ -163,10 +166,18 @@ class Proxier:
             min_sync_period=config.min_sync_period,
             sync_period=config.sync_period,
         )
-        self._serve(settings.healthz_bind_address, self.health.routes(), "healthz")
-        routes = metrics_routes(self.metrics)
-        routes[WEIGHTS_PATH] = self._weights_route
-        self._serve(settings.metrics_bind_address, routes, "metrics")
+        self._serve("healthz", [(settings.healthz_bind_address, self.health.routes())])
+        # The weights listener shares the metrics server's thread; it is only where the
+        # operator puts it (this node's loopback by default): it shows predictor URLs and
+        # errors, which stay on the node.
+        weights = {WEIGHTS_PATH: self._weights_route}
+        self._serve(
+            "metrics",
+            [
+                (settings.metrics_bind_address, self.metrics.routes()),
+                (config.waolb.weights_bind_address, weights),
+            ],
+        )
         self.weights.start()
         router = _EventRouter(
             state, self.health, self.inventory, settings.node_name, on_lists=self._loop.start
@@ -215,9 +226,10 @@ class Proxier:
         )
         return PolicySelector({"equal": EqualWeights(), "wao": self.wao}, wao.default_policy)
 
-    def _weights_route(self) -> tuple[int, str, bytes]:
+    def _weights_route(self) -> Response:
         snapshot = self.wao.snapshot() if self.wao is not None else {"nodes": [], "services": []}
-        return 200, "application/json", orjson.dumps(snapshot)
+        # The scorer redacts what it knows to be secret; this catches what slipped through.
+        return Response(200, orjson.dumps(redact_value(snapshot)), JSON)
 
     def stop(self) -> None:
         """Stop watching, syncing and serving; the kernel rules are left as they are."""
@@ -229,17 +241,23 @@ class Proxier:
         for server in self._servers:
             server.stop()
 
-    def _serve(self, address: str, routes: dict[str, Route], name: str) -> None:
-        if not address:
+    def _serve(self, name: str, listeners: list[tuple[str, dict[str, Route]]]) -> None:
+        """One server thread for ``listeners`` (address, routes); "" addresses are off."""
+        wanted = [(address, routes) for address, routes in listeners if address]
+        if not wanted:
             return
-        server = HttpEndpoint(address, routes, name)
-        try:
-            server.start()
-        except OSError as error:
-            # As kube-proxy without bindAddressHardFail: the proxy still programs rules.
-            log.error("cannot serve", server=name, address=address, error=str(error))
-            return
+        server = HttpServer(name, on_drop=self._connection_dropped)
+        server.start()
         self._servers.append(server)
+        for address, routes in wanted:
+            try:
+                server.listen(address, by_path(routes))
+            except OSError as error:
+                # As kube-proxy without bindAddressHardFail: the proxy still programs rules.
+                log.error("cannot serve", server=name, address=address, error=str(error))
+
+    def _connection_dropped(self, server: str, reason: str) -> None:
+        self.metrics.http_drops.labels(server, reason).inc()
 
     def _watch_restarted(self, kind: str, reason: str) -> None:
         self.metrics.watch_restarts.labels(kind, reason).inc()

@@ -2,43 +2,33 @@
 
 The shares come from the live kernel table (the rule comments the dataplane writes, read back
 over netlink), so they show what is programmed, not what waolb meant to program. The node,
-the predicted delta and the score's inputs come from the running proxy's scorer, over its
-metrics server (``/waolb/weights``); when it cannot be reached the kernel's view is shown alone.
+the predicted delta and the score's inputs come from the running proxy's scorer, from its
+weights listener (``/waolb/weights`` on ``weightsBindAddress``: 127.0.0.1:10263 by default, so
+the command runs on the node, e.g. by ``kubectl exec`` in the node's waolb pod); when it
+cannot be reached the kernel's view is shown alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from waolb.config import (
-    METRICS_PORT,
-    NON_DEFAULT_METRICS_ADDRESS,
-    SERVICE_PROXY_NAME_ENV,
-    TABLE_NAME,
-)
-from waolb.metrics import WEIGHTS_PATH
+from waolb.config import DEFAULT_WEIGHTS_ADDRESS, TABLE_NAME
 
 if TYPE_CHECKING:
     from waolb.dataplane import ProgrammedEndpoint
 
+# The scorer's last inputs and results as JSON, served where ``weightsBindAddress`` says.
+WEIGHTS_PATH: Final = "/waolb/weights"
 _COLUMNS: Final = ("SERVICE", "PORT", "ENDPOINT", "NODE", "DELTA_W", "WEIGHT", "SHARE")
 Row = dict[str, Any]
 # (family, namespace, name, port name, protocol, endpoint ip, endpoint port)
 _EndpointKey = tuple[int, str, str, str, str, str, int]
-
-
-def default_metrics_address(environ: Mapping[str, str]) -> str:
-    """Where this node's proxy serves metrics, as the proxy picks it, seen from the node."""
-    if environ.get(SERVICE_PROXY_NAME_ENV, "").strip():
-        return f"127.0.0.1:{NON_DEFAULT_METRICS_ADDRESS.rpartition(':')[2]}"
-    return f"127.0.0.1:{METRICS_PORT}"
 
 
 def fetch_scorer_view(address: str, timeout: float = 3.0) -> dict[str, Any]:
@@ -136,9 +126,9 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--table", default=TABLE_NAME, help="waolb's nftables table name")
     parser.add_argument(
-        "--metrics-address",
-        default=default_metrics_address(os.environ),
-        help="ip:port of the proxy's metrics server",
+        "--weights-address",
+        default=DEFAULT_WEIGHTS_ADDRESS,
+        help="ip:port where the proxy serves its weights (its weightsBindAddress)",
     )
     arguments = parser.parse_args(argv)
 
@@ -151,7 +141,7 @@ def main(argv: Sequence[str]) -> int:
         return 1
     scorer: dict[str, Any] | None
     try:
-        scorer = fetch_scorer_view(arguments.metrics_address)
+        scorer = fetch_scorer_view(arguments.weights_address)
     except OSError as error:
         print(f"waolb weights: {error}; showing the kernel's view only", file=sys.stderr)
         scorer = None

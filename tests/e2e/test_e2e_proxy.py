@@ -108,9 +108,16 @@ def test_health_and_metrics_servers(env: Environment) -> None:
     # The real server has two Services of its own: kubernetes, and the metrics APIs'.
     services = 3 if env.real else 1
     assert f"kubeproxy_sync_proxy_rules_service_changes_total {services}.0" in text
-    weight = 'waolb_endpoint_weight{endpoint="10.244.0.10:8080",namespace="default",port="http",'
-    assert f'{weight}service="web"}} 1.0' in text
+    # Per service port by default; one series per endpoint only if asked (weightMetrics).
+    summary = 'waolb_service_endpoints{family="IPv4",namespace="default",port="http",'
+    assert f'{summary}service="web"}} 1.0' in text
+    assert "waolb_endpoint_weight" not in text
     assert env.http(10249, "/proxyMode") == (200, b"nftables")
+    # The scorer's view is on its own loopback listener, not beside the metrics.
+    assert env.http(10249, "/waolb/weights")[0] == 404
+    status, body = env.http(10263, "/waolb/weights")
+    assert status == 200
+    assert set(json.loads(body)) == {"nodes", "services"}
 
     # The cluster autoscaler is about to delete the node: healthz fails, livez does not.
     taint = {"key": "ToBeDeletedByClusterAutoscaler", "effect": "NoSchedule"}

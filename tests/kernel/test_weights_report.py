@@ -8,7 +8,7 @@ from pathlib import Path
 
 from netns import Netns, new_dataplane, requires_netns
 from waolb._native import ProgrammedEndpoint, ServicePort
-from waolb.weights_report import combine, default_metrics_address, render_table
+from waolb.weights_report import combine, render_table
 
 pytestmark = requires_netns
 
@@ -67,11 +67,6 @@ def test_without_the_scorer_the_kernels_view_stands_alone() -> None:
     assert (row["node"], row["delta_watts"], row["weight"]) == (None, None, 100)
 
 
-def test_the_default_address_follows_the_proxy_mode() -> None:
-    assert default_metrics_address({}) == "127.0.0.1:10249"
-    assert default_metrics_address({"WAO_SERVICE_PROXY_NAME": "wao-lb"}) == "127.0.0.1:10349"
-
-
 def test_the_command_reads_the_live_table() -> None:
     with Netns() as netns:
         check_the_live_table(netns)
@@ -94,7 +89,7 @@ def check_the_live_table(netns: Netns) -> None:
     command = ["ip", "netns", "exec", netns.name, str(WAOLB), "weights"]
     # Port 9 (discard) on loopback: no proxy answers, so only the kernel's view is shown.
     result = subprocess.run(
-        [*command, "--metrics-address=127.0.0.1:9"], capture_output=True, text=True, check=True
+        [*command, "--weights-address=127.0.0.1:9"], capture_output=True, text=True, check=True
     )
     assert "showing the kernel's view only" in result.stderr
     lines = result.stdout.splitlines()
@@ -127,7 +122,7 @@ def check_the_live_table(netns: Netns) -> None:
     ]
 
     as_json = subprocess.run(
-        [*command, "--json", "--metrics-address=127.0.0.1:9"],
+        [*command, "--json", "--weights-address=127.0.0.1:9"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     endpoints = json.loads(as_json.stdout)["endpoints"]
@@ -142,7 +137,7 @@ def test_an_empty_node_says_so() -> None:
     with Netns() as netns:
         result = subprocess.run(
             ["ip", "netns", "exec", netns.name, str(WAOLB), "weights",
-             "--metrics-address=127.0.0.1:9"],
+             "--weights-address=127.0.0.1:9"],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
     assert result.stdout.strip() == "no service endpoints are programmed"

@@ -1,8 +1,8 @@
-"""Hostile HTTP peers on loopback, for deadline tests: servers that trickle or never answer.
+"""Hostile HTTP peers on loopback, for deadline tests: servers that trickle or never answer,
+and clients that stall, trickle or flood a server.
 
-Each listens on 127.0.0.1 (a free port) and misbehaves for ``HUNG_AFTER`` seconds at most, so
-that a client deadline of a second or two contrasts by orders of magnitude with what the peer
-would hold it for::
+Each misbehaves for ``HUNG_AFTER`` seconds at most, so that a deadline of a second or two
+contrasts by orders of magnitude with what the peer would hold it for::
 
     with TricklingServer(Trickle.BODY) as server:
         server.url           # http://127.0.0.1:PORT
@@ -10,12 +10,17 @@ would hold it for::
 
     with unaccepting_listener() as url:  # connecting to it never completes
         ...
+
+    with HostileClients(port, Stall.HALF_SENT, count=300) as clients:
+        clients.closed()     # how many of them the server has closed so far
+        clients.answers      # what the server answered each, as far as received
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import os
 import socket
 import threading
 import time
@@ -134,3 +139,91 @@ def unaccepting_listener() -> Iterator[str]:
         for filler in fillers:
             filler.close()
         listener.close()
+
+
+class Stall(enum.Enum):
+    """How a hostile client talks to a server."""
+
+    SILENT = "silent"  # connects and sends nothing
+    HALF_SENT = "half_sent"  # a request line and a header, never the blank line
+    SLOW_HEADERS = "slow_headers"  # then one more header byte every ``interval``
+    HUGE_HEADERS = "huge_headers"  # header bytes for as long as the server takes them
+    HUGE_BODY = "huge_body"  # a POST announcing 1 GiB, then the body as fast as taken
+    GARBAGE = "garbage"  # random bytes, nothing like HTTP
+
+
+_OPENING: dict[Stall, bytes] = {
+    Stall.SILENT: b"",
+    Stall.HALF_SENT: b"GET /healthz HTTP/1.1\r\nHost: waolb\r\n",
+    Stall.SLOW_HEADERS: b"GET /healthz HTTP/1.1\r\nHost: waolb\r\nX-Slow: ",
+    Stall.HUGE_HEADERS: b"GET /healthz HTTP/1.1\r\nHost: waolb\r\nX-Huge: ",
+    Stall.HUGE_BODY: b"POST /healthz HTTP/1.1\r\nHost: waolb\r\nContent-Length: 1073741824\r\n\r\n",
+    Stall.GARBAGE: b"\x16\x03\x01\x02\x00" + os.urandom(512),
+}
+
+
+class HostileClients:
+    """``count`` connections to 127.0.0.1:``port`` that all ``stall`` the same way, from one
+    feeding thread, until the block ends or ``HUNG_AFTER`` passes."""
+
+    def __init__(self, port: int, stall: Stall, count: int = 1, interval: float = 0.5) -> None:
+        self.port = port
+        self.stall = stall
+        self.count = count
+        self.interval = interval
+        self.answers: list[bytes] = []
+        self._sockets: list[socket.socket] = []
+        self._open: list[bool] = []
+        self._stopping = threading.Event()
+        self._feeder = threading.Thread(target=self._feed, name="hostile-clients", daemon=True)
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Self:
+        for _ in range(self.count):
+            sock = socket.create_connection(("127.0.0.1", self.port))
+            sock.sendall(_OPENING[self.stall])
+            sock.setblocking(False)
+            self._sockets.append(sock)
+            self._open.append(True)
+            self.answers.append(b"")
+        self._feeder.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stopping.set()
+        self._feeder.join(HUNG_AFTER)
+        for sock in self._sockets:
+            sock.close()
+
+    def closed(self) -> int:
+        """How many connections the server has closed or reset; reads what it answered."""
+        with self._lock:
+            for index, sock in enumerate(self._sockets):
+                while self._open[index]:
+                    try:
+                        data = sock.recv(65536)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        data = b""
+                    if not data:
+                        self._open[index] = False
+                    self.answers[index] += data[: max(0, 4096 - len(self.answers[index]))]
+            return self._open.count(False)
+
+    def _feed(self) -> None:
+        chunk = {Stall.SLOW_HEADERS: b"a", Stall.HUGE_HEADERS: b"a" * 65536}.get(self.stall)
+        if self.stall is Stall.HUGE_BODY:
+            chunk = b"{" * 65536
+        deadline = time.monotonic() + HUNG_AFTER
+        while chunk and time.monotonic() < deadline and not self._stopping.wait(self.interval):
+            with self._lock:
+                for index, sock in enumerate(self._sockets):
+                    if self._open[index]:
+                        with contextlib.suppress(OSError):  # full buffers, closed sockets
+                            sock.send(chunk)

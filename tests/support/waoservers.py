@@ -29,10 +29,8 @@ import json
 import math
 import re
 import socket
-import socketserver
 import ssl
 import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -41,6 +39,8 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+
+from httpserving import TrackedHTTPServer
 
 PowerModel = Callable[[float, float, float], float]
 
@@ -105,62 +105,10 @@ def self_signed_tls(directory: Path, host: str = "127.0.0.1") -> ssl.SSLContext:
     return context
 
 
-class _HTTPServer(socketserver.ThreadingTCPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-
+class _HTTPServer(TrackedHTTPServer):
     def __init__(self, owner: _Server, address: tuple[str, int] | None, sock: socket.socket | None):
         self.owner = owner
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        if sock is not None:
-            super().__init__(sock.getsockname()[:2], _Handler, bind_and_activate=False)
-            self.socket.close()
-            self.socket = sock
-            self.server_address = sock.getsockname()
-            self.server_activate()
-        else:
-            assert address is not None
-            if ":" in address[0]:
-                self.address_family = socket.AF_INET6
-            super().__init__(address, _Handler)
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        with self.connections_lock:
-            self.connections.add(request)
-        try:
-            if self.owner.tls is None:
-                super().finish_request(request, client_address)
-                return
-            request.settimeout(_Handler.timeout)
-            try:
-                tls_socket = self.owner.tls.wrap_socket(request, server_side=True)
-            except (ssl.SSLError, OSError):
-                return  # the client gave up on the handshake (e.g. an untrusted certificate)
-            with self.connections_lock:
-                self.connections.add(tls_socket)
-            try:
-                super().finish_request(tls_socket, client_address)
-            finally:
-                with self.connections_lock:
-                    self.connections.discard(tls_socket)
-                tls_socket.close()
-        finally:
-            with self.connections_lock:
-                self.connections.discard(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that gave up (a timeout test) or a stop() cutting connections is expected;
-        # anything else is a bug in this file and must show.
-        if not isinstance(sys.exc_info()[1], OSError):
-            super().handle_error(request, client_address)
-
-    def close_connections(self) -> None:
-        with self.connections_lock:
-            connections = list(self.connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
+        super().__init__(address, _Handler, sock=sock, tls=owner.tls)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -81,12 +81,18 @@ def test_each_flag_sets_its_field(argv: list[str], field: str, value: object) ->
 
 def test_wao_flags_are_waolb_settings() -> None:
     command_line = parse_command_line(
-        ["--wao-scoring-interval=5s", "--wao-verify-tls", "true", "--wao-cpu-usage-format=Raw"]
+        [
+            *("--wao-scoring-interval=5s", "--wao-verify-tls", "true"),
+            *("--wao-cpu-usage-format=Raw", "--wao-weights-bind-address="),
+            "--wao-weight-metrics=none",
+        ]
     )
     assert command_line.waolb_flags == {
         "scoring_interval": 5.0,
         "verify_tls": True,
         "cpu_usage_format": "Raw",
+        "weights_bind_address": "",
+        "weight_metrics": "none",
     }
     assert command_line.flags == {}
 

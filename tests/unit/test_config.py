@@ -470,6 +470,8 @@ def test_the_waolb_section_sets_every_wao_setting() -> None:
                 "scoringInterval": "2s",
                 "minWeightChange": 0.1,
                 "verifyTLS": True,
+                "weightsBindAddress": "::1",
+                "weightMetrics": "endpoint",
             },
         }
     )
@@ -485,7 +487,11 @@ def test_the_waolb_section_sets_every_wao_setting() -> None:
         scoring_interval=2.0,
         min_weight_change=0.1,
         verify_tls=True,
+        weights_bind_address="[::1]:10263",
+        weight_metrics="endpoint",
     )
+    off = config_from_document({**HEADER, "waolb": {"weightsBindAddress": ""}})
+    assert off.waolb.weights_bind_address == ""
 
 
 def test_wao_defaults_are_upstreams_constants() -> None:
@@ -497,6 +503,8 @@ def test_wao_defaults_are_upstreams_constants() -> None:
     )
     assert (wao.request_timeout, wao.parallelism, wao.cpu_per_request) == (3.0, 64, 0.1)
     assert (wao.cpu_usage_format, wao.verify_tls, wao.default_policy) == ("Percent", False, "wao")
+    # waolb's own: the scorer's view stays on the node, /metrics has no per-endpoint series.
+    assert (wao.weights_bind_address, wao.weight_metrics) == ("127.0.0.1:10263", "service")
 
 
 @pytest.mark.parametrize(
@@ -518,6 +526,9 @@ def test_wao_defaults_are_upstreams_constants() -> None:
         ({"requestTimeout": "6m"}, 'waolb.requestTimeout: "6m" is too large: at most 5m'),
         ({"cpuPerRequest": 10**5000}, "waolb.cpuPerRequest: <a int too large to show> is not a"),
         ({"cpuPerRequest": 2048}, "waolb.cpuPerRequest: 2048 is too large: at most 1024 is sane"),
+        ({"weightsBindAddress": "node:80"}, 'waolb.weightsBindAddress: "node:80" does not start'),
+        ({"weightsBindAddress": 10263}, "waolb.weightsBindAddress: expected an IP:port address"),
+        ({"weightMetrics": "all"}, "waolb.weightMetrics: 'all' is not one of none, service"),
     ],
 )
 def test_bad_wao_settings_name_the_field(section: dict[str, Any], message: str) -> None:

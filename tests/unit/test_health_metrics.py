@@ -1,9 +1,9 @@
-"""The healthz and metrics servers, over real HTTP on loopback."""
+"""The healthz and metrics routes, served over real HTTP on loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -12,7 +12,8 @@ import pytest
 
 from builders import key
 from waolb.health import TO_BE_DELETED_TAINT, ProxierHealth, go_time
-from waolb.metrics import HttpEndpoint, ProxyMetrics, metrics_routes
+from waolb.httpserver import HttpServer, Route, by_path
+from waolb.metrics import ProxyMetrics
 from waolb.state import EndpointInfo
 
 KUBE_PROXY_METRICS = [
@@ -59,14 +60,23 @@ def health(metrics: ProxyMetrics, clock: Clock) -> ProxierHealth:
     return ProxierHealth(60.0, metrics, clock=clock)
 
 
-@pytest.fixture
-def health_url(health: ProxierHealth) -> Iterator[str]:
-    server = HttpEndpoint("127.0.0.1:0", health.routes(), "healthz")
+@contextlib.contextmanager
+def serving(routes: dict[str, Route], host: str = "127.0.0.1") -> Iterator[str]:
+    """The URL of a server on ``host`` serving ``routes``."""
+    server = HttpServer("test")
     server.start()
     try:
-        yield f"http://127.0.0.1:{server.port}"
+        listener = server.listen(f"{host}:0", by_path(routes))
+        shown = f"[{host}]" if ":" in host else host
+        yield f"http://{shown}:{listener.port}"
     finally:
         server.stop()
+
+
+@pytest.fixture
+def health_url(health: ProxierHealth) -> Iterator[str]:
+    with serving(health.routes()) as url:
+        yield url
 
 
 def test_healthz_answers_like_kube_proxy(health_url: str, clock: Clock) -> None:
@@ -143,12 +153,8 @@ def test_go_time_formats_like_time_time() -> None:
 
 @pytest.fixture
 def metrics_url(metrics: ProxyMetrics) -> Iterator[str]:
-    server = HttpEndpoint("127.0.0.1:0", metrics_routes(metrics), "metrics")
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{server.port}"
-    finally:
-        server.stop()
+    with serving(metrics.routes()) as url:
+        yield url
 
 
 def test_metrics_are_served_with_kube_proxys_names(metrics: ProxyMetrics, metrics_url: str) -> None:
@@ -183,41 +189,53 @@ def test_registries_are_per_instance() -> None:
     assert second.registry.get_sample_value("kubeproxy_sync_proxy_rules_service_changes_total") == 0
 
 
-def test_ipv6_addresses_are_served(metrics: ProxyMetrics) -> None:
-    server = HttpEndpoint("[::1]:0", metrics_routes(metrics), "metrics")
-    try:
-        server.start()
-    except OSError as error:  # a host without IPv6 loopback
-        pytest.skip(f"no IPv6 loopback: {error}")
-    try:
-        assert get(f"http://[::1]:{server.port}/proxyMode")[0] == 200
-    finally:
-        server.stop()
+def endpoint(ip: str) -> EndpointInfo:
+    return EndpointInfo(ip, 80, None, None, True, True, False, False)
 
 
-def test_a_taken_address_fails_to_start_and_a_stopped_server_frees_it(
-    metrics: ProxyMetrics,
-) -> None:
-    first = HttpEndpoint("127.0.0.1:0", metrics_routes(metrics), "metrics")
-    first.start()
-    address = f"127.0.0.1:{first.port}"
-    with pytest.raises(OSError):
-        HttpEndpoint(address, metrics_routes(metrics), "metrics").start()
-    first.stop()
-    with socket.create_server(("127.0.0.1", int(address.rsplit(":", 1)[1]))):
-        pass
+PORT_LABELS = {"namespace": "default", "service": "web", "port": "http"}
 
 
-def test_weight_gauges_are_replaced_per_port(metrics: ProxyMetrics) -> None:
-    def ep(ip: str) -> EndpointInfo:
-        return EndpointInfo(ip, 80, None, None, True, True, False, False)
-
-    metrics.record_weights(key(), "http", [ep("10.0.0.1"), ep("fd00::1")], [3, 5])
+def test_weight_series_per_endpoint_are_replaced_per_port() -> None:
+    metrics = ProxyMetrics(weight_metrics="endpoint")
+    metrics.record_weights(key(), "http", [endpoint("10.0.0.1"), endpoint("fd00::1")], [3, 5])
     sample = metrics.registry.get_sample_value
-    labels = {"namespace": "default", "service": "web", "port": "http"}
-    assert sample("waolb_endpoint_weight", {**labels, "endpoint": "[fd00::1]:80"}) == 5
-    metrics.record_weights(key(), "http", [ep("10.0.0.1")], [7])
-    assert sample("waolb_endpoint_weight", {**labels, "endpoint": "10.0.0.1:80"}) == 7
-    assert sample("waolb_endpoint_weight", {**labels, "endpoint": "[fd00::1]:80"}) is None
+    assert sample("waolb_endpoint_weight", {**PORT_LABELS, "endpoint": "[fd00::1]:80"}) == 5
+    metrics.record_weights(key(), "http", [endpoint("10.0.0.1")], [7])
+    assert sample("waolb_endpoint_weight", {**PORT_LABELS, "endpoint": "10.0.0.1:80"}) == 7
+    assert sample("waolb_endpoint_weight", {**PORT_LABELS, "endpoint": "[fd00::1]:80"}) is None
     metrics.forget_weights(key())
-    assert sample("waolb_endpoint_weight", {**labels, "endpoint": "10.0.0.1:80"}) is None
+    assert sample("waolb_endpoint_weight", {**PORT_LABELS, "endpoint": "10.0.0.1:80"}) is None
+
+
+@pytest.mark.parametrize("detail", ["service", "endpoint"])
+def test_a_service_ports_summary_tells_its_endpoints_and_largest_share(detail: str) -> None:
+    metrics = ProxyMetrics(weight_metrics=detail)
+    endpoints = [endpoint("10.0.0.1"), endpoint("10.0.0.2"), endpoint("10.0.0.3")]
+    metrics.record_weights(key(), "http", endpoints, [6, 3, 1])
+    sample = metrics.registry.get_sample_value
+    labels = {**PORT_LABELS, "family": "IPv4"}
+    assert sample("waolb_service_endpoints", labels) == 3
+    assert sample("waolb_service_max_endpoint_share", labels) == 0.6
+    metrics.record_weights(key(), "http", endpoints, [0, 0, 0])  # nothing left to weigh
+    assert sample("waolb_service_max_endpoint_share", labels) == 0
+    metrics.forget_weights(key())
+    assert sample("waolb_service_endpoints", labels) is None
+
+
+def test_the_default_weight_series_are_per_service_port_only() -> None:
+    metrics = ProxyMetrics()
+    metrics.record_weights(key(), "http", [endpoint("10.0.0.1")], [1])
+    text = metrics.exposition().decode()
+    assert "waolb_service_endpoints{" in text
+    assert "waolb_endpoint_weight" not in text
+
+
+def test_weight_series_can_be_turned_off() -> None:
+    metrics = ProxyMetrics(weight_metrics="none")
+    metrics.record_weights(key(), "http", [endpoint("10.0.0.1")], [1])
+    text = metrics.exposition().decode()
+    assert "waolb_service_endpoints" not in text
+    assert "waolb_endpoint_weight" not in text
+    with pytest.raises(ValueError, match="'all' is not one of none, service, endpoint"):
+        ProxyMetrics(weight_metrics="all")

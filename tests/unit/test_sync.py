@@ -133,7 +133,7 @@ class Harness:
         self.clock = FakeClock()
         self.wall = 5000.0
         self.dataplane = RecordingDataplane()
-        self.metrics = ProxyMetrics()
+        self.metrics = ProxyMetrics(weight_metrics="endpoint")
         self.health = ProxierHealth(2 * sync_period, self.metrics, clock=lambda: self.wall)
         self.weights = ScriptedWeights()
         self.state = ClusterState("node-a", wall_clock=lambda: self.wall)
@@ -339,7 +339,7 @@ def test_a_crash_of_the_sync_thread_makes_health_fail() -> None:
         loop.start()
         wait_until(lambda: not loop.runner.alive, timeout=HUNG_AFTER, what="the thread's end")
     assert not health.status().healthy
-    assert health.healthz()[0] == 503
+    assert health.healthz().status == 503
     assert any(e["log_level"] == "critical" for e in logs), logs
 
 
@@ -597,7 +597,7 @@ def test_change_and_latency_metrics(harness: Harness) -> None:
 
 def test_the_thread_syncs_changes_and_stops() -> None:
     dataplane = RecordingDataplane()
-    metrics = ProxyMetrics()
+    metrics = ProxyMetrics(weight_metrics="endpoint")
     state = ClusterState("n")
     loop = SyncLoop(
         dataplane,

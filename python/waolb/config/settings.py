@@ -28,6 +28,7 @@ from waolb.config.values import (
     choice,
     duration_within,
     format_duration,
+    optional_bind_address,
     parse_boolean,
     parse_cpu_per_request,
     parse_fraction,
@@ -41,11 +42,17 @@ TABLE_NAME: Final = "wao-loadbalancer"
 SERVICE_PROXY_NAME_ENV: Final = "WAO_SERVICE_PROXY_NAME"
 HEALTHZ_PORT: Final = 10256
 METRICS_PORT: Final = 10249
+# waolb's own: the scorer's view (``waolb weights``), on loopback unless the operator says so.
+WEIGHTS_PORT: Final = 10263
+DEFAULT_WEIGHTS_ADDRESS: Final = f"127.0.0.1:{WEIGHTS_PORT}"
 # Upstream WAO-LB's fixed addresses in non-default mode, so that it can run beside kube-proxy.
 NON_DEFAULT_HEALTHZ_ADDRESS: Final = "0.0.0.0:10356"
 NON_DEFAULT_METRICS_ADDRESS: Final = "0.0.0.0:10349"
 POLICIES: Final = ("equal", "wao")
 CPU_USAGE_FORMATS: Final = ("Percent", "Raw")
+# What /metrics tells of the programmed weights: nothing, one series per service port, or
+# also one per endpoint (10 MiB a scrape at 10 000 services of 10 endpoints).
+WEIGHT_METRICS: Final = ("none", "service", "endpoint")
 # client-go's defaults, which a qps or burst of 0 stands for.
 DEFAULT_KUBE_API_QPS: Final = 5.0
 DEFAULT_KUBE_API_BURST: Final = 10
@@ -78,6 +85,9 @@ class WaolbSettings:
     min_weight_change: float = 0.05
     # Upstream skips verification: BMC and in-cluster predictors mostly have self-signed certs.
     verify_tls: bool = False
+    # Where /waolb/weights is served (predictor URLs, scores, errors); "" turns it off.
+    weights_bind_address: str = DEFAULT_WEIGHTS_ADDRESS
+    weight_metrics: str = "service"
 
 
 @dataclass(frozen=True)
@@ -220,6 +230,22 @@ WAOLB_SETTINGS: Final = (
         "wao-verify-tls",
         parse_boolean,
         "verify predictors' TLS certificates",
+    ),
+    WaolbSetting(
+        "weights_bind_address",
+        "weightsBindAddress",
+        "wao-weights-bind-address",
+        optional_bind_address(WEIGHTS_PORT),
+        "ip:port serving the scorer's view for `waolb weights` (empty: off; default "
+        f"{DEFAULT_WEIGHTS_ADDRESS}, this node only)",
+    ),
+    WaolbSetting(
+        "weight_metrics",
+        "weightMetrics",
+        "wao-weight-metrics",
+        choice(WEIGHT_METRICS),
+        "weight series on /metrics: none, service (one per service port) or endpoint "
+        "(also one per endpoint)",
     ),
 )
 

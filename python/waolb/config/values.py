@@ -187,6 +187,17 @@ def normalize_bind_address(address: str, default_port: int) -> str:
     return f"[{ip}]:{default_port}" if ip.version == 6 else f"{ip}:{default_port}"
 
 
+def optional_bind_address(default_port: int) -> Callable[[object], str]:
+    """A server's "ip" or "ip:port" as a flag or a file gives it; "" turns the server off."""
+
+    def parse(value: object) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected an IP:port address, got {shown(value)}")
+        return normalize_bind_address(value, default_port) if value else ""
+
+    return parse
+
+
 def parse_cidrs(text: str) -> tuple[str, ...]:
     """A comma-separated list of CIDRs, at most one per IP family (kube-proxy's clusterCIDR)."""
     cidrs = tuple(part.strip() for part in text.split(",") if part.strip())

@@ -14,17 +14,18 @@ import binascii
 import contextlib
 import socket
 import ssl
-import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
+
+from httpserving import TrackedHTTPServer
 
 from . import custom_metrics, errors
 from .custom_metrics import CustomMetrics, MissingMetric, adapter_quantity
@@ -196,8 +197,6 @@ class KubeApiServer:
         self._has_served = True
         self._stopped.clear()
         self._http = _HTTPServer((self.host, self.port), self)
-        if self.tls is not None:
-            self._http.socket = self.tls.wrap_socket(self._http.socket, server_side=True)
         self.port = self._http.server_address[1]
         with self.store.condition:
             self.store.accepting_watches = True
@@ -903,38 +902,10 @@ def _bool_parameter(query: Mapping[str, str], name: str) -> bool:
     raise errors.bad_request(f'invalid value for {name}: "{value}"')
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True  # restart on the same port while old sockets sit in TIME_WAIT
-
+class _HTTPServer(TrackedHTTPServer):
     def __init__(self, address: tuple[str, int], api: KubeApiServer) -> None:
         self.api = api
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        """Cut every accepted connection, idle keep-alive ones included."""
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Cut connections are routine here (clients, drops, stops), not server bugs.
-        if not isinstance(sys.exc_info()[1], OSError):
-            super().handle_error(request, client_address)
+        super().__init__(address, _Handler, tls=api.tls)
 
 
 class _Handler(BaseHTTPRequestHandler):
